@@ -1,0 +1,32 @@
+"""The one entrypoint: compose -> validate -> run -> return the configured metric.
+
+`python -m dpo_sweeps` and the `dpo-sweeps` console script both land here. Nothing heavy is imported at module level:
+`--help`, `--cfg job` and composing or submitting a sweep stay near Hydra's own start-up time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from dpo_sweeps import naming  # noqa: F401  (registers the folder-name resolvers)
+from dpo_sweeps.config_schema import register_schemas
+from dpo_sweeps.paths import register_path_resolvers
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+register_schemas()
+register_path_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from dpo_sweeps.job import run_sweep_point
+
+    return run_sweep_point(cfg)
+
+
+if __name__ == "__main__":
+    main()

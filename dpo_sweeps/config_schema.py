@@ -1,0 +1,210 @@
+"""Dataclass schemas for every config group: the contract behind the plain-YAML interface.
+
+Registered in Hydra's ConfigStore as `dpo_sweeps_schema`, the first entry of the primary config's defaults list, so a misspelled key or a value of the wrong type fails at compose time, before any model is built or job submitted.
+Range checks and cross-group rules live in `validation.py`. Imports nothing heavy: this runs on login nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    # Hub id or local folder. Tiny models are built locally; their folder is found from `tiny_arch`.
+    name_or_path: str = MISSING
+    # Architecture of a tiny random-initialised model to materialise locally (llama, qwen2, gemma); null for real ones.
+    tiny_arch: str | None = None
+    revision: str | None = None
+    # auto = bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.
+    dtype: str = "auto"
+    # null = transformers' choice (sdpa). Gemma needs eager: sdpa gives NaN with padded batches.
+    attn_implementation: str | None = None
+    # Token to use for padding when the tokenizer has none (Llama). null = the tokenizer's own pad token.
+    pad_token: str | None = None
+    # The checkpoint is already quantized (bitsandbytes weights on the hub): it must not be quantized again.
+    prequantized: bool = False
+    # Gemma's chat template has no system role: merge a system message into the first user turn.
+    merge_system_into_user: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetColumns:
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    # Optional system-prompt column (orca_dpo_pairs); null = none.
+    system: str | None = None
+
+
+@dataclass
+class DatasetConfig:
+    # Adapter that turns the source schema into prompt/chosen/rejected: toy, local, ultrafeedback, hh_rlhf, orca_dpo_pairs.
+    name: str = MISSING
+    # Hub dataset id; null for toy and local.
+    hub_id: str | None = None
+    # A local file or folder with the same schema as the hub version (compute nodes often have no internet).
+    path: str | None = None
+    # standard = strings, conversational = lists of {role, content} messages (used by `local`).
+    format: str = "standard"
+    columns: DatasetColumns = field(default_factory=DatasetColumns)
+    train_split: str = "train"
+    # null = hold out `eval_fraction` of the training split.
+    eval_split: str | None = None
+    eval_fraction: float = 0.1
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    shuffle_seed: int = 0
+    # error = stop with the first offending rows named; drop = drop them, count them in metrics.json.
+    on_invalid: str = "error"
+    # Tokens after chat templating; longer pairs are truncated (keep_start) or counted invalid (on_too_long=invalid).
+    max_length: int | None = 1024
+    max_prompt_length: int | None = None
+    truncation_side: str = "keep_start"
+    # How many offending rows an error message lists before summarising.
+    max_errors_shown: int = 5
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # A list of module names, or "all-linear".
+    target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: str = "none"
+
+
+@dataclass
+class QuantizationConfig:
+    # none, nf4 (4-bit, bitsandbytes) or int8 (8-bit LLM.int8).
+    mode: str = "none"
+    double_quant: bool = True
+    # auto = the model's compute dtype.
+    compute_dtype: str = "auto"
+
+
+@dataclass
+class LossConfig:
+    # A TRL DPO loss type (sigmoid, ipo, hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired,
+    # apo_zero, apo_down, discopop, sigmoid_norm, sft).
+    type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    discopop_tau: float = 0.05
+    # LD-DPO verbosity weight in [0, 1]; null = plain DPO.
+    ld_alpha: float | None = None
+    # Weighted sum of several losses (MPO-style): extra types and weights; empty = just `type`.
+    extra_types: list[str] = field(default_factory=list)
+    weights: list[float] | None = None
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    learning_rate: float = 5e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    # auto = bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.
+    precision: str = "auto"
+    gradient_checkpointing: bool = True
+    # Liger kernels (GPU only, needs liger-kernel installed).
+    use_liger_kernel: bool = False
+    # Disabled in TRL since 0.29 (it falls back to padding): rejected by validation rather than silently ignored.
+    padding_free: bool = False
+    logging_steps: int = 10
+    # Evaluate every N steps (null = only before and after training).
+    eval_steps: int | None = None
+    eval_before_training: bool = True
+    save_steps: int = 200
+    save_total_limit: int = 2
+    dataloader_num_workers: int = 0
+    # Force CPU even where a GPU exists (tests, demo).
+    use_cpu: bool = False
+    # Also save the adapter merged into the base model (for deployment); LoRA only.
+    save_merged: bool = False
+    # Save the final adapter/model at all (off for quick sweeps where only metrics matter).
+    save_model: bool = True
+    # Number of held-out prompts to sample completions for (reference vs trained policy); 0 = off.
+    sample_completions: int = 4
+    max_new_tokens: int = 48
+    # Torch threads per run on CPU; null = torch's default.
+    cpu_threads: int | None = None
+
+
+@dataclass
+class LoggerConfig:
+    # wandb or none.
+    backend: str = "none"
+    # null = WANDB_PROJECT, else "dpo_sweeps".
+    project: str | None = None
+    entity: str | None = None
+    # null = online when an API key is configured, offline otherwise; online, offline or disabled to force.
+    mode: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # Seconds to wait for W&B before falling back to offline.
+    init_timeout_s: int = 30
+    log_model: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    # The metrics.json key a sweeper optimises and the report sorts by.
+    metric: str = "eval_rewards/accuracies"
+    # max or min.
+    mode: str = "max"
+
+
+@dataclass
+class RefCacheConfig:
+    # Share reference log-probs across the runs of a sweep (skipped for reference-free losses).
+    enabled: bool = True
+    # A folder every job of the sweep can read and write (a shared filesystem on a cluster).
+    dir: str = "outputs/.ref_cache"
+    # Seconds a job waits for another job computing the same entry before computing it itself.
+    lock_timeout_s: int = 1800
+
+
+@dataclass
+class ResumeConfig:
+    # Requeues after preemption/time limit before the run is marked failed.
+    max_requeues: int = 3
+
+
+@dataclass
+class DpoSweepsConfig:
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    lora: LoraConfig = MISSING
+    quantization: QuantizationConfig = MISSING
+    loss: LossConfig = MISSING
+    training: TrainingConfig = MISSING
+    logger: LoggerConfig = MISSING
+    beta: float = 0.1
+    seed: int = 42
+    # Sweep name: the folder under outputs/sweeps and the W&B group. null = derived from the command's overrides.
+    name: str | None = None
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    ref_cache: RefCacheConfig = field(default_factory=RefCacheConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+    # Compose and validate every point, print the job grid, run nothing.
+    dry_run: bool = False
+    # Run a point again even if its status.json says completed (the old folder is moved aside, never overwritten).
+    rerun: bool = False
+
+
+def register_schemas() -> None:
+    """Store the primary schema where `conf/config.yaml`'s defaults list finds it: every group merged over it is typed."""
+    ConfigStore.instance().store(name="dpo_sweeps_schema", node=DpoSweepsConfig)

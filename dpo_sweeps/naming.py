@@ -1,0 +1,70 @@
+"""Deterministic run and sweep folder names, built from the overrides the user typed.
+
+A folder named by its overrides (not a timestamp or job number) is what lets a rerun or a SLURM requeue find its own
+checkpoints and skip completed points. Registered as OmegaConf resolvers used by `conf/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from omegaconf import OmegaConf
+
+# Keys that do not change what a run computes, so they must not change its folder.
+NON_IDENTITY_KEYS = frozenset({"name", "dry_run", "rerun", "logger", "ref_cache.dir", "ref_cache.enabled"})
+NON_IDENTITY_PREFIXES = ("hydra.", "hydra/", "logger.", "+hydra", "~hydra")
+MAX_NAME_CHARS = 150
+DEFAULT_NAME = "default"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def identity_overrides(overrides: list[str] | None) -> list[str]:
+    """The overrides that define what a run computes, sorted so that their order on the command line is irrelevant."""
+    kept = [
+        o
+        for o in (overrides or [])
+        if _key(o) not in NON_IDENTITY_KEYS and not _key(o).startswith(NON_IDENTITY_PREFIXES)
+    ]
+    return sorted(kept)
+
+
+def _is_sweep(override: str) -> bool:
+    value = override.split("=", 1)[1] if "=" in override else ""
+    # Hydra's sweep syntax: a,b  range(..)  choice(..)  interval(..)  glob(..); quoted commas are not a sweep.
+    return bool(re.search(r"(^|[^\\]),|^(range|choice|interval|glob|tag)\(", value)) and not value.startswith(("'", '"', "["))
+
+
+def _safe(name: str) -> str:
+    name = name.replace("/", "_").replace(" ", "")
+    name = re.sub(r"[^A-Za-z0-9=,._+\-@%:\[\]]", "_", name)
+    if len(name) > MAX_NAME_CHARS:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = f"{name[: MAX_NAME_CHARS - 11]}-{digest}"
+    return name or DEFAULT_NAME
+
+
+def run_dirname(overrides: list[str] | None) -> str:
+    """`beta=0.1,model=tiny_qwen` for a point; `default` when nothing that matters was overridden."""
+    return _safe(",".join(identity_overrides(list(overrides or []))))
+
+
+def sweep_dirname(name: str | None, overrides: list[str] | None) -> str:
+    """The sweep's folder: its `name` if given, else the overrides shared by all its points (the swept ones left out),
+    so that widening a sweep (`beta=0.1,0.3` -> `beta=0.1,0.3,1.0`) reuses the folder and skips completed points."""
+    if name:
+        return _safe(str(name))
+    fixed = [o for o in identity_overrides(list(overrides or [])) if not _is_sweep(o)]
+    return _safe(",".join(fixed))
+
+
+def register_resolvers() -> None:
+    for resolver_name, fn in (("run_dirname", run_dirname), ("sweep_dirname", sweep_dirname)):
+        if not OmegaConf.has_resolver(resolver_name):
+            OmegaConf.register_new_resolver(resolver_name, fn)
+
+
+register_resolvers()

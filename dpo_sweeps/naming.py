@@ -35,7 +35,9 @@ def identity_overrides(overrides: list[str] | None) -> list[str]:
 def _is_sweep(override: str) -> bool:
     value = override.split("=", 1)[1] if "=" in override else ""
     # Hydra's sweep syntax: a,b  range(..)  choice(..)  interval(..)  glob(..); quoted commas are not a sweep.
-    return bool(re.search(r"(^|[^\\]),|^(range|choice|interval|glob|tag)\(", value)) and not value.startswith(("'", '"', "["))
+    return bool(re.search(r"(^|[^\\]),|^(range|choice|interval|glob|tag)\(", value)) and not value.startswith(
+        ("'", '"', "[")
+    )
 
 
 def _safe(name: str) -> str:

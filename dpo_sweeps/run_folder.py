@@ -57,6 +57,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; run folders are shared with collaborators like any other output.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,12 +80,12 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return read_json(Path(run_dir) / STATUS_FILE)
 
 
-def update_status(run_dir: str | os.PathLike, **fields: Any) -> dict:
+def update_status(folder: str | os.PathLike, **fields: Any) -> dict:
     """Merge `fields` into status.json (created if absent) and return the new status."""
-    status = read_status(run_dir) or {}
+    status = read_status(folder) or {}
     status.update(fields)
     status["updated_at"] = now_iso()
-    write_json_atomic(Path(run_dir) / STATUS_FILE, status)
+    write_json_atomic(Path(folder) / STATUS_FILE, status)
     return status
 
 

@@ -1,0 +1,91 @@
+"""The life of one sweep point: validate, skip if already completed, run, record the outcome in status.json.
+
+A point that fails is recorded (error and traceback in status.json) and, inside a multirun, does not sink the other
+points: Hydra's basic sweeper aborts the whole sweep on the first exception, so the exception stops here and the
+sweep's exit status is decided at the end (`hydra_callbacks.SweepSummary`). A single run re-raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_sweeps import run_folder
+from dpo_sweeps.validation import validate
+
+log = logging.getLogger(__name__)
+
+
+def _objective(metrics: dict | None) -> float:
+    value = (metrics or {}).get("objective_value")
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _move_previous_attempt(run_dir: Path) -> Path:
+    """`rerun=true` on a completed point: keep the old results under .previous/<time>/ rather than overwrite them."""
+    dest = run_dir / ".previous" / run_folder.now_iso().replace(":", "-")
+    dest.mkdir(parents=True)
+    for item in run_dir.iterdir():
+        if item.name not in (".hydra", ".previous") and not item.name.endswith(".log"):
+            shutil.move(str(item), dest / item.name)
+    return dest
+
+
+def run_sweep_point(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = list(hydra_cfg.overrides.task)
+
+    status = run_folder.read_status(run_dir) or {}
+    if status.get("state") == run_folder.COMPLETED:
+        if not cfg.rerun:
+            log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
+            return _objective(run_folder.read_json(run_dir / run_folder.METRICS_FILE))
+        log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
+        status = {}
+
+    run_folder.update_status(
+        run_dir,
+        state=run_folder.RUNNING,
+        started_at=run_folder.now_iso(),
+        ended_at=None,
+        host=run_folder.host(),
+        overrides=overrides,
+        run_dir=str(run_dir),
+        slurm=run_folder.slurm_ids(),
+        attempts=status.get("attempts", 0) + 1,
+        error=None,
+        traceback=None,
+    )
+    try:
+        validate(cfg)
+        run_folder.write_text_atomic(run_dir / run_folder.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        from dpo_sweeps.train import run_training
+
+        metrics = run_training(cfg, run_dir)
+        run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
+        from dpo_sweeps.model_card import write_model_card
+
+        write_model_card(cfg, run_dir, metrics)
+    except Exception as exc:
+        run_folder.update_status(
+            run_dir,
+            state=run_folder.FAILED,
+            ended_at=run_folder.now_iso(),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+        if not multirun:
+            raise
+        log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
+        return math.nan
+    run_folder.update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
+    return _objective(metrics)

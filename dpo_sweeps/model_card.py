@@ -1,0 +1,221 @@
+"""The run's model card (README.md): what the seed cards had, plus the hyperparameters and the eval results.
+
+Front matter (YAML) for the hub: base_model, library_name, model_name, tags, pipeline_tag, datasets. Body: quick
+start loading this run's output, training procedure (with the W&B link when there is one), hyperparameters that
+differ from the defaults, eval results before/after, framework versions, citations.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from dpo_sweeps import run_folder
+
+FRAMEWORKS = ("dpo_sweeps", "trl", "transformers", "peft", "torch", "datasets", "tokenizers", "bitsandbytes")
+DPO_CITATION = """@inproceedings{rafailov2023direct,
+    title        = {{Direct Preference Optimization: Your Language Model is Secretly a Reward Model}},
+    author       = {Rafael Rafailov and Archit Sharma and Eric Mitchell and Christopher D. Manning and Stefano Ermon and Chelsea Finn},
+    year         = 2023,
+    booktitle    = {Advances in Neural Information Processing Systems 36 (NeurIPS 2023)},
+    url          = {http://papers.nips.cc/paper_files/paper/2023/hash/a85b405ed65c6477a4fe8302b5e06ce7-Abstract-Conference.html},
+}"""
+TRL_CITATION = """@software{vonwerra2020trl,
+    title        = {{TRL: Transformers Reinforcement Learning}},
+    author       = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
+    license      = {Apache-2.0},
+    url          = {https://github.com/huggingface/trl},
+    year         = {2020}
+}"""
+RESULT_ROWS = (
+    ("rewards/accuracies", "Reward accuracy"),
+    ("rewards/margins", "Reward margin"),
+    ("rewards/chosen", "Chosen reward"),
+    ("rewards/rejected", "Rejected reward"),
+    ("loss", "Loss"),
+)
+
+
+def framework_versions() -> dict[str, str]:
+    versions = {}
+    for name in FRAMEWORKS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def base_model_id(cfg: DictConfig) -> str:
+    return f"dpo_sweeps/tiny-{cfg.model.tiny_arch}" if cfg.model.tiny_arch else cfg.model.name_or_path
+
+
+def dataset_id(cfg: DictConfig) -> str:
+    d = cfg.dataset
+    return d.hub_id or d.path or d.name
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The settings people compare across DPO runs, in one flat table."""
+    t = cfg.training
+    hp: dict[str, Any] = {
+        "beta": cfg.beta,
+        "loss_type": "+".join([cfg.loss.type, *cfg.loss.extra_types]),
+        "label_smoothing": cfg.loss.label_smoothing,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_ratio": t.warmup_ratio,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.num_train_epochs,
+        "max_length": cfg.dataset.max_length,
+        "precision": t.precision,
+        "seed": cfg.seed,
+        "quantization": cfg.quantization.mode + (" (pre-quantized)" if cfg.model.prequantized else ""),
+    }
+    if cfg.lora.enabled:
+        targets = cfg.lora.target_modules
+        hp.update(
+            lora_r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            lora_target_modules=targets if isinstance(targets, str) else ",".join(targets),
+        )
+    else:
+        hp["lora"] = "none (full-parameter DPO)"
+    return hp
+
+
+def front_matter(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    tags = ["dpo", "trl", "dpo_sweeps", "transformers"]
+    if cfg.lora.enabled:
+        tags.append("lora")
+    if cfg.quantization.mode != "none" or cfg.model.prequantized:
+        tags.append("qlora" if cfg.lora.enabled else "quantized")
+    return {
+        "base_model": base_model_id(cfg),
+        "library_name": "peft" if cfg.lora.enabled else "transformers",
+        "model_name": run_dir.name,
+        "tags": tags,
+        "pipeline_tag": "text-generation",
+        "datasets": [dataset_id(cfg)],
+        "licence": "other",
+    }
+
+
+def _results_table(metrics: dict[str, Any]) -> str:
+    lines = ["| Metric | Before training | After training |", "|---|---|---|"]
+    for key, label in RESULT_ROWS:
+        before, after = metrics.get(f"initial_eval_{key}"), metrics.get(f"eval_{key}")
+        if before is None and after is None:
+            continue
+        fmt = lambda v: "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+        lines.append(f"| {label} | {fmt(before)} | {fmt(after)} |")
+    return "\n".join(lines)
+
+
+def _quick_start(cfg: DictConfig, run_dir: Path) -> str:
+    if cfg.lora.enabled:
+        return (
+            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{run_dir / "adapter"}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{run_dir / "adapter"}")\n'
+            'messages = [{"role": "user", "content": "Hello!"}]\n'
+            'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")\n'
+            "print(tokenizer.decode(model.generate(inputs, max_new_tokens=64)[0]))\n```"
+        )
+    return (
+        "```python\nfrom transformers import pipeline\n\n"
+        f'generator = pipeline("text-generation", model="{run_dir / "model"}")\n'
+        'print(generator([{"role": "user", "content": "Hello!"}], max_new_tokens=64, return_full_text=False)[0]'
+        '["generated_text"])\n```'
+    )
+
+
+def render_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb_url: str | None = None) -> str:
+    fm = yaml.safe_dump(front_matter(cfg, run_dir), sort_keys=False).strip()
+    hp = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters(cfg).items())
+    versions = "\n".join(f"- {k}: {v}" for k, v in framework_versions().items())
+    tracking = (
+        f'[<img src="https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg" alt="Visualize in Weights & Biases" width="150" height="24"/>]({wandb_url})\n\n'
+        if wandb_url
+        else ""
+    )
+    overrides = " ".join((run_folder.read_status(run_dir) or {}).get("overrides", [])) or "(defaults)"
+    data_stats = {k[5:]: v for k, v in metrics.items() if k.startswith("data/")}
+    data_line = ", ".join(f"{k}: {v}" for k, v in data_stats.items())
+    return f"""---
+{fm}
+---
+
+# {run_dir.name}
+
+This model is a fine-tuned version of `{base_model_id(cfg)}` on `{dataset_id(cfg)}` with Direct Preference
+Optimization (DPO){" and LoRA" if cfg.lora.enabled else ""}, trained with [TRL](https://github.com/huggingface/trl)
+through [dpo_sweeps](https://github.com/dpo-sweeps/dpo_sweeps).
+
+## Quick start
+
+{_quick_start(cfg, run_dir)}
+
+## Training procedure
+
+{tracking}Trained with DPO, as introduced in [Direct Preference Optimization: Your Language Model is Secretly a Reward
+Model](https://huggingface.co/papers/2305.18290). Reproduce with:
+
+```bash
+python -m dpo_sweeps {overrides}
+```
+
+Data: {dataset_id(cfg)} ({data_line or "see metrics.json"}).
+
+### Hyperparameters
+
+| Setting | Value |
+|---|---|
+{hp}
+
+## Evaluation results
+
+Held-out preference pairs, before and after training:
+
+{_results_table(metrics)}
+
+Global steps: {metrics.get("global_step", "n/a")}. Full metrics: `metrics.json`; per-step history: `metrics.jsonl`.
+
+### Framework versions
+
+{versions}
+
+## Citations
+
+Cite DPO as:
+
+```bibtex
+{DPO_CITATION}
+```
+
+Cite TRL as:
+
+```bibtex
+{TRL_CITATION}
+```
+"""
+
+
+def write_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb_url: str | None = None) -> Path:
+    path = run_dir / run_folder.MODEL_CARD_FILE
+    run_folder.write_text_atomic(path, render_model_card(cfg, run_dir, metrics, wandb_url))
+    return path
+
+
+def parse_front_matter(text: str) -> dict[str, Any]:
+    """The YAML between the leading `---` lines of a model card."""
+    if not text.startswith("---\n"):
+        raise ValueError("model card has no front matter")
+    return yaml.safe_load(text.split("---\n", 2)[1])

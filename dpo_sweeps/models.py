@@ -1,0 +1,152 @@
+"""Model and tokenizer loading: dtype, quantization, LoRA, pad token, and the reference model.
+
+With LoRA the reference is the base model with the adapter disabled (no second copy in memory); without LoRA it is a
+frozen copy loaded the same way as the policy. Imported only inside the job (torch/transformers/peft are heavy).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class LoadedModels:
+    policy: Any  # PreTrainedModel or PeftModel
+    reference: Any | None  # None with LoRA: the adapter is disabled to get the reference
+    tokenizer: Any
+    dtype: torch.dtype
+
+
+def uses_gpu(cfg: DictConfig) -> bool:
+    return torch.cuda.is_available() and not cfg.training.use_cpu
+
+
+def resolve_dtype(name: str, cfg: DictConfig) -> torch.dtype:
+    """`auto`: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if name != "auto":
+        return _DTYPES[name]
+    if not uses_gpu(cfg):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def model_path(cfg: DictConfig) -> str:
+    """The folder or hub id to load; tiny models are built here on first use."""
+    if cfg.model.tiny_arch:
+        from dpo_sweeps.tiny_models import ensure
+
+        return str(ensure(cfg.model.tiny_arch))
+    return cfg.model.name_or_path
+
+
+def load_tokenizer(cfg: DictConfig):
+    from transformers import AutoTokenizer
+
+    m = cfg.model
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path(cfg), revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    if m.pad_token is not None:
+        if tokenizer.convert_tokens_to_ids(m.pad_token) in (None, tokenizer.unk_token_id):
+            raise ValueError(
+                f"model.pad_token={m.pad_token!r} is not a token of {m.name_or_path}'s tokenizer. "
+                "Pick a token from its vocabulary (a reserved special token is best)."
+            )
+        if tokenizer.pad_token != m.pad_token:
+            log.info("Padding with %r (model.pad_token); the tokenizer had %r.", m.pad_token, tokenizer.pad_token)
+        tokenizer.pad_token = m.pad_token
+    elif tokenizer.pad_token is None:
+        # Said out loud, not silent: EOS as padding is common but masks real EOS tokens if the collator keys on ids.
+        log.warning(
+            "%s has no pad token and model.pad_token is null: padding with the EOS token %r. Set model.pad_token to a "
+            "reserved special token to avoid that.",
+            m.name_or_path,
+            tokenizer.eos_token,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _quantization_config(cfg: DictConfig, dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    if q.mode == "nf4":
+        compute = dtype if q.compute_dtype == "auto" else _DTYPES[q.compute_dtype]
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+    if q.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _load_causal_lm(cfg: DictConfig, dtype: torch.dtype, quantization_config):
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # bitsandbytes places weights at load time: on the job's GPU, or the CPU.
+        kwargs["device_map"] = {"": torch.cuda.current_device() if uses_gpu(cfg) else "cpu"}
+    return AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
+
+
+def lora_config(cfg: DictConfig):
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(OmegaConf.to_container(targets)),
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_models(cfg: DictConfig) -> LoadedModels:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    dtype = resolve_dtype(cfg.model.dtype, cfg)
+    tokenizer = load_tokenizer(cfg)
+    quantized = cfg.quantization.mode != "none" or cfg.model.prequantized
+    policy = _load_causal_lm(cfg, dtype, _quantization_config(cfg, dtype))
+    policy.config.pad_token_id = tokenizer.pad_token_id
+    reference = None
+    if cfg.lora.enabled:
+        if quantized:
+            # Casts norms to fp32 and enables input grads, so gradients reach LoRA through frozen 4/8-bit layers.
+            policy = prepare_model_for_kbit_training(
+                policy,
+                use_gradient_checkpointing=cfg.training.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        policy = get_peft_model(policy, lora_config(cfg))
+    else:
+        reference = _load_causal_lm(cfg, dtype, None)
+        reference.config.pad_token_id = tokenizer.pad_token_id
+        reference.eval().requires_grad_(False)
+    return LoadedModels(policy=policy, reference=reference, tokenizer=tokenizer, dtype=dtype)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable parameters (to show that training changed them)."""
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}

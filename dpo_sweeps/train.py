@@ -1,0 +1,195 @@
+"""One DPO training run with TRL's DPOTrainer: build, evaluate before, train, evaluate after, save.
+
+Imported inside the job only. Writes into the run folder (see `run_folder.py`): metrics.jsonl as training logs,
+checkpoints under checkpoints/, the adapter or model, metrics.json, the model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+
+from dpo_sweeps import run_folder
+from dpo_sweeps.data import load_preference_data
+from dpo_sweeps.models import load_models, resolve_dtype, uses_gpu
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# The headline metrics every run reports (TRL's names, with the eval_ prefix of HF's Trainer).
+HEADLINE_EVAL_KEYS = (
+    "eval_loss",
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
+    "eval_rewards/chosen",
+    "eval_rewards/rejected",
+)
+
+
+class HistoryCallback(TrainerCallback):
+    """Appends every log event (train and eval) to metrics.jsonl, independent of any tracker."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        run_folder.append_history(
+            self.run_dir, {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        )
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops a run whose loss turned NaN/inf instead of training on garbage for hours."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"Training loss became {loss} at step {state.global_step}. Lower training.learning_rate, check the "
+                "data for empty completions, or use a more stable precision (training.precision=bf16/fp32)."
+            )
+
+
+def _precision_flags(cfg: DictConfig, dtype: torch.dtype) -> dict[str, bool]:
+    p = cfg.training.precision
+    if p == "auto":
+        p = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if uses_gpu(cfg) else "fp32"
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: Any):
+    """TRL's DPOConfig from our config groups: the single place where our keys map onto TRL's."""
+    from trl import DPOConfig
+
+    t, loss, d = cfg.training, cfg.loss, cfg.dataset
+    loss_types = [loss.type, *loss.extra_types]
+    kwargs: dict[str, Any] = {
+        "output_dir": str(run_dir / CHECKPOINT_DIR),
+        "beta": float(cfg.beta),
+        "loss_type": loss_types,
+        "loss_weights": list(loss.weights) if loss.weights is not None else None,
+        "label_smoothing": loss.label_smoothing,
+        "discopop_tau": loss.discopop_tau,
+        "ld_alpha": loss.ld_alpha,
+        "max_length": d.max_length,
+        "truncation_mode": d.truncation_side,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        # transformers 5 takes a float in [0, 1) in warmup_steps as a ratio of the total steps.
+        "warmup_steps": float(t.warmup_ratio),
+        "weight_decay": t.weight_decay,
+        "optim": t.optim,
+        "max_grad_norm": t.max_grad_norm,
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.num_train_epochs,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        "use_liger_kernel": t.use_liger_kernel,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": "steps" if t.eval_steps else "no",
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "dataloader_num_workers": t.dataloader_num_workers,
+        "use_cpu": t.use_cpu or not torch.cuda.is_available(),
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": [],
+        "disable_tqdm": True,
+        **_precision_flags(cfg, dtype),
+    }
+    kwargs.update(overrides)
+    return DPOConfig(**kwargs)
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete checkpoint (HF's Trainer writes `trainer_state.json` last)."""
+    ckpt_root = run_dir / CHECKPOINT_DIR
+    if not ckpt_root.is_dir():
+        return None
+    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def _eval_metrics(trainer, prefix: str) -> dict[str, float]:
+    metrics = trainer.evaluate()
+    return {k.replace("eval_", f"{prefix}_", 1): v for k, v in metrics.items() if k.startswith("eval_")}
+
+
+def save_outputs(cfg: DictConfig, trainer, tokenizer, run_dir: Path) -> dict[str, str]:
+    """Save the adapter (LoRA) or model (full), with the tokenizer; optionally the merged model. Returns paths."""
+    if not cfg.training.save_model:
+        return {}
+    model = trainer.model
+    saved: dict[str, str] = {}
+    target = run_dir / ("adapter" if cfg.lora.enabled else "model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    saved["adapter" if cfg.lora.enabled else "model"] = str(target)
+    if cfg.lora.enabled and cfg.training.save_merged:
+        quantized = cfg.quantization.mode != "none" or cfg.model.prequantized
+        if quantized:
+            log.warning("training.save_merged=true with quantized weights: merging into 4/8-bit weights is lossy.")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(run_dir / "merged")
+        tokenizer.save_pretrained(run_dir / "merged")
+        saved["merged"] = str(run_dir / "merged")
+    return saved
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    started = time.time()
+    if cfg.training.cpu_threads:
+        torch.set_num_threads(cfg.training.cpu_threads)
+    set_seed(cfg.seed)
+    models = load_models(cfg)
+    data = load_preference_data(cfg, models.tokenizer)
+    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg))
+    trainer = DPOTrainer(
+        model=models.policy,
+        ref_model=models.reference,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=models.tokenizer,
+        callbacks=[HistoryCallback(run_dir), NonFiniteLossGuard()],
+    )
+    resume_from = last_checkpoint(run_dir)
+    metrics: dict[str, Any] = {}
+    if resume_from:
+        log.info("Resuming from %s", resume_from)
+        step = int(resume_from.rsplit("-", 1)[-1])
+        run_folder.truncate_history_after(run_dir, step)
+        previous = run_folder.read_json(run_dir / "initial_metrics.json") or {}
+        metrics.update(previous)
+    elif cfg.training.eval_before_training:
+        metrics.update(_eval_metrics(trainer, "initial_eval"))
+        run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics.update({k: v for k, v in train_result.metrics.items()})
+    metrics["global_step"] = trainer.state.global_step
+    metrics.update(_eval_metrics(trainer, "eval"))
+    metrics.update({f"data/{k}": v for k, v in data.stats.items()})
+    metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
+    metrics["runtime_s"] = round(time.time() - started, 3)
+    metrics["objective_metric"] = cfg.objective.metric
+    metrics["objective_value"] = metrics.get(cfg.objective.metric)
+    return metrics

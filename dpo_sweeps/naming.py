@@ -7,6 +7,8 @@ checkpoints and skip completed points. Registered as OmegaConf resolvers used by
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 
 from omegaconf import OmegaConf
@@ -16,6 +18,10 @@ NON_IDENTITY_KEYS = frozenset({"name", "dry_run", "rerun", "logger", "ref_cache.
 NON_IDENTITY_PREFIXES = ("hydra.", "hydra/", "logger.", "+hydra", "~hydra")
 MAX_NAME_CHARS = 150
 DEFAULT_NAME = "default"
+# Hydra resolves hydra.sweep.dir once for the sweep (in the submitting process) and again inside every job, where
+# only that job's overrides are visible. The sweep-level answer is handed to the jobs through the environment, which
+# the basic launcher shares and submitit's local and SLURM executors inherit.
+SWEEP_ENV = "DPO_SWEEPS_SWEEP"
 
 
 def _key(override: str) -> str:
@@ -54,17 +60,28 @@ def run_dirname(overrides: list[str] | None) -> str:
     return _safe(",".join(identity_overrides(list(overrides or []))))
 
 
-def sweep_dirname(name: str | None, overrides: list[str] | None) -> str:
+def sweep_dirname(name: str | None, overrides: list[str] | None, job_num: int | None = None) -> str:
     """The sweep's folder: its `name` if given, else the overrides shared by all its points (the swept ones left out),
     so that widening a sweep (`beta=0.1,0.3` -> `beta=0.1,0.3,1.0`) reuses the folder and skips completed points."""
-    if name:
-        return _safe(str(name))
+    if job_num is not None and os.environ.get(SWEEP_ENV):
+        return json.loads(os.environ[SWEEP_ENV])["dirname"]
     fixed = [o for o in identity_overrides(list(overrides or [])) if not _is_sweep(o)]
-    return _safe(",".join(fixed))
+    dirname = _safe(str(name)) if name else _safe(",".join(fixed))
+    if job_num is None:
+        os.environ[SWEEP_ENV] = json.dumps({"dirname": dirname, "fixed": fixed})
+    return dirname
+
+
+def sweep_subdirname(overrides: list[str] | None) -> str:
+    """A point's folder inside its sweep: the overrides that vary across the sweep (`beta=0.1`), the shared ones
+    being in the sweep folder's name already."""
+    fixed = set(json.loads(os.environ.get(SWEEP_ENV) or "{}").get("fixed", []))
+    return run_dirname([o for o in (overrides or []) if o not in fixed])
 
 
 def register_resolvers() -> None:
-    for resolver_name, fn in (("run_dirname", run_dirname), ("sweep_dirname", sweep_dirname)):
+    resolvers = (("run_dirname", run_dirname), ("sweep_dirname", sweep_dirname), ("sweep_subdirname", sweep_subdirname))
+    for resolver_name, fn in resolvers:
         if not OmegaConf.has_resolver(resolver_name):
             OmegaConf.register_new_resolver(resolver_name, fn)
 

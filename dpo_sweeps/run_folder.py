@@ -78,8 +78,9 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return read_json(Path(run_dir) / STATUS_FILE)
 
 
-def update_status(run_dir: str | os.PathLike, **fields: Any) -> dict:
-    """Merge `fields` into status.json (created if absent) and return the new status."""
+def update_status(run_dir: str | os.PathLike, /, **fields: Any) -> dict:
+    """Merge `fields` into status.json (created if absent) and return the new status. `run_dir` is positional-only
+    so that `run_dir=` can itself be a field (status.json records it)."""
     status = read_status(run_dir) or {}
     status.update(fields)
     status["updated_at"] = now_iso()

@@ -80,7 +80,7 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return read_json(Path(run_dir) / STATUS_FILE)
 
 
-def update_status(folder: str | os.PathLike, **fields: Any) -> dict:
+def update_status(folder: str | os.PathLike, /, **fields: Any) -> dict:
     """Merge `fields` into status.json (created if absent) and return the new status."""
     status = read_status(folder) or {}
     status.update(fields)

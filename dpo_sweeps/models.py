@@ -107,6 +107,15 @@ def _load_causal_lm(cfg: DictConfig, dtype: torch.dtype, quantization_config):
     return AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
 
 
+def _keep_4bit_training_layout_on_cpu(model) -> None:
+    """bitsandbytes 0.50 repacks 4-bit weights for AVX512-BF16 CPUs at the first no-grad forward (our evaluation
+    before training) and never unpacks them: backward through the packed path then fails on layers with a bias
+    (Qwen2's q/k/v). Training on CPU keeps the plain layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def lora_config(cfg: DictConfig):
     from peft import LoraConfig
 
@@ -131,6 +140,8 @@ def load_models(cfg: DictConfig) -> LoadedModels:
     policy = _load_causal_lm(cfg, dtype, _quantization_config(cfg, dtype))
     policy.config.pad_token_id = tokenizer.pad_token_id
     reference = None
+    if quantized and not uses_gpu(cfg):
+        _keep_4bit_training_layout_on_cpu(policy)
     if cfg.lora.enabled:
         if quantized:
             # Casts norms to fp32 and enables input grads, so gradients reach LoRA through frozen 4/8-bit layers.

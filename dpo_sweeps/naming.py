@@ -60,16 +60,22 @@ def run_dirname(overrides: list[str] | None) -> str:
     return _safe(",".join(identity_overrides(list(overrides or []))))
 
 
+def _sweep_identity(name: str | None, overrides: list[str] | None) -> dict:
+    fixed = [o for o in identity_overrides(list(overrides or [])) if not _is_sweep(o)]
+    return {"dirname": _safe(str(name)) if name else _safe(",".join(fixed)), "fixed": fixed}
+
+
+def remember_sweep(name: str | None, overrides: list[str] | None) -> None:
+    """Called once per multirun in the submitting process (`hydra_callbacks`), before any folder is resolved."""
+    os.environ[SWEEP_ENV] = json.dumps(_sweep_identity(name, overrides))
+
+
 def sweep_dirname(name: str | None, overrides: list[str] | None, job_num: int | None = None) -> str:
     """The sweep's folder: its `name` if given, else the overrides shared by all its points (the swept ones left out),
     so that widening a sweep (`beta=0.1,0.3` -> `beta=0.1,0.3,1.0`) reuses the folder and skips completed points."""
     if job_num is not None and os.environ.get(SWEEP_ENV):
         return json.loads(os.environ[SWEEP_ENV])["dirname"]
-    fixed = [o for o in identity_overrides(list(overrides or [])) if not _is_sweep(o)]
-    dirname = _safe(str(name)) if name else _safe(",".join(fixed))
-    if job_num is None:
-        os.environ[SWEEP_ENV] = json.dumps({"dirname": dirname, "fixed": fixed})
-    return dirname
+    return _sweep_identity(name, overrides)["dirname"]
 
 
 def sweep_subdirname(overrides: list[str] | None) -> str:

@@ -94,8 +94,9 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         "per_device_train_batch_size": t.per_device_train_batch_size,
         "per_device_eval_batch_size": t.per_device_eval_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        # transformers 5 renamed gradient_checkpointing*; the new names avoid its deprecation warning.
+        "activation_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
         "use_liger_kernel": t.use_liger_kernel,
         "logging_steps": t.logging_steps,
         "eval_strategy": "steps" if t.eval_steps else "no",

@@ -28,9 +28,9 @@ print("HEAVY_IMPORTED=" + ",".join(m for m in {heavy!r} if m in sys.modules))
     [
         ["--help"],
         ["--cfg", "job", "model=gemma_2b", "lora=r16", "quantization=nf4"],
-        ["--cfg", "hydra", "-m", "beta=0.1,0.3"],
+        ["--cfg", "hydra", "model=qwen1_5b", "beta=0.3"],
     ],
-    ids=["help", "cfg-job", "cfg-hydra-multirun"],
+    ids=["help", "cfg-job", "cfg-hydra"],
 )
 def test_light_paths_import_no_training_stack(args):
     proc = subprocess.run(

@@ -2,6 +2,9 @@ import os
 
 import pytest
 
+# The `slurm_cluster` fixture (skips without a cluster, fails under CI=true).
+pytest_plugins = ["tests.slurm_support"]
+
 # Keep the suite's threads modest on 2-core CI machines and its logs readable.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,0 +1,55 @@
+# dpo_sweeps: `make help` lists the targets. Everything runs in a local virtual environment (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU-only machines get this CPU build of torch (a bare `torch` requirement may pull a multi-GB CUDA build).
+# Machines with an NVIDIA driver, or a venv that already has torch, keep their own.
+TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" elsewhere.
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench slurm-up slurm-down clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then echo "torch already installed: keeping it"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch $(TORCH_PIP_ARGS); \
+	else $(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
+	$(PY) -m pip install -q -e ".[dev,search]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev and search extras
+	@echo "Installed. Activate with: source $(VENV)/bin/activate"
+
+demo: install ## A 3-point beta sweep of DPO on a tiny model, CPU only, ~2 minutes; prints the results table
+	$(PY) -m dpo_sweeps experiment=demo
+
+test: install ## The whole test suite (SLURM tests need `make slurm-up` first, else they skip)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## The suite without tests marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+slurm-up: ## Start the one-node SLURM cluster on localhost (root; installs slurm-wlm + munge if missing)
+	bash launch/slurm-up.sh
+
+slurm-down: ## Stop the local SLURM cluster
+	bash launch/slurm-down.sh
+
+clean: ## Remove run outputs (outputs/*) and caches, keep .venv
+	find outputs -mindepth 1 -not -name .gitignore -exec rm -rf {} + 2>/dev/null || true
+	rm -rf .pytest_cache .ruff_cache

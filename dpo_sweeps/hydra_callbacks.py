@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dpo_sweeps import naming
+
+log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
@@ -18,4 +22,13 @@ class SweepSummary(Callback):
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        pass
+        # hydra.sweep.dir is relative to where the command started, which is our cwd (hydra.job.chdir=false).
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            from dpo_sweeps.report import write_sweep_report
+
+            report = write_sweep_report(sweep_dir)
+        except Exception as exc:  # a report problem must never fail a finished sweep
+            log.warning("Sweep report for %s failed: %s: %s", sweep_dir, type(exc).__name__, exc)
+            return
+        print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)

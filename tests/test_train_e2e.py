@@ -106,3 +106,16 @@ def test_cli_sweep_gives_one_folder_per_point(tmp_path):
         assert read_json(point / "status.json")["state"] == "completed"
         assert yaml.safe_load((point / "config.yaml").read_text())["beta"] == beta
         assert read_json(point / "metrics.json")["global_step"] == 5
+
+
+@pytest.mark.slow
+def test_demo_preset_shows_dpo_working(tmp_path):
+    # `make demo` runs exactly this preset; its promise is every point well above chance and a table at the end.
+    proc = run_cli(["experiment=demo", f"hydra.sweep.dir={tmp_path / 'demo'}"])
+    points = run_dirs(tmp_path / "demo")
+    assert [p.name for p in points] == ["beta=0.05", "beta=0.1", "beta=0.5"]
+    for point in points:
+        metrics = read_json(point / "metrics.json")
+        assert metrics["eval_rewards/accuracies"] > 0.6, (point.name, metrics["eval_rewards/accuracies"])
+    assert "reward acc" in proc.stdout and "beta=0.5" in proc.stdout
+    assert (tmp_path / "demo" / "summary.md").exists()

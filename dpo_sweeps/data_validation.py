@@ -214,10 +214,16 @@ def handle_problems(cfg: DictConfig, splits: dict[str, CheckedSplit]) -> dict[st
         shown = "\n".join(f"  - {p}" for p in problems[: d.max_errors_shown])
         reasons = ", ".join(f"{r}: {n}" for r, n in Counter(p.reason for p in problems).most_common())
         more = f"\n  ... and {len(problems) - d.max_errors_shown} more" if len(problems) > d.max_errors_shown else ""
+        hint = ""
+        if len(problems) == read:
+            hint = (
+                f"\nEvery row failed: does the data have dataset={d.name}'s schema? For another layout use dataset=local "
+                "with dataset.format= and dataset.columns.prompt=/chosen=/rejected=."
+            )
         raise InvalidDataError(
             f"dataset={d.name}: {len(problems)} of {read} rows checked are invalid ({reasons}). First "
             f"{min(len(problems), d.max_errors_shown)}:\n{shown}{more}\nFix the data, or pass dataset.on_invalid=drop to "
-            "train without them (the counts go to metrics.json)."
+            f"train without them (the counts go to metrics.json).{hint}"
         )
     stats: dict[str, Any] = {}
     for name, s in splits.items():

@@ -37,7 +37,9 @@ def _messages(value: Any, field: str) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise RowProblem(field, f"looks like a JSON message list but does not parse ({exc.msg})", "wrong_type")
+            raise RowProblem(
+                field, f"looks like a JSON message list but does not parse ({exc.msg})", "wrong_type"
+            ) from None
     return value
 
 
@@ -135,7 +137,11 @@ def adapt_local(row: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
         return out
     if c.prompt is None:
         raise RowProblem("prompt", "dataset.format=standard needs dataset.columns.prompt", "missing_field")
-    prompt, chosen, rejected = (_get(row, c.prompt, "prompt"), _get(row, c.chosen, "chosen"), _get(row, c.rejected, "rejected"))
+    prompt, chosen, rejected = (
+        _get(row, c.prompt, "prompt"),
+        _get(row, c.chosen, "chosen"),
+        _get(row, c.rejected, "rejected"),
+    )
     if d.to_conversational:
         return _user_assistant(prompt, chosen, rejected, system)
     if system and isinstance(prompt, str):

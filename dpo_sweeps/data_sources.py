@@ -69,7 +69,9 @@ def _read_jsonl(path: Path) -> Rows:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFileError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+                raise DataFileError(
+                    f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})."
+                ) from None
             if not isinstance(row, dict):
                 raise DataFileError(f"{path} line {lineno}: expected a JSON object per line, got {type(row).__name__}.")
             rows.append((row, RowOrigin(str(path), len(rows), lineno)))
@@ -94,7 +96,9 @@ def _read_json(path: Path) -> Rows:
             raise DataFileError(f"{path}: a dict of columns needs columns of equal length, got lengths {sorted(n)}.")
         data = [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
     if not isinstance(data, list):
-        raise DataFileError(f"{path}: expected a list of row objects (or a dict of columns), got {type(data).__name__}.")
+        raise DataFileError(
+            f"{path}: expected a list of row objects (or a dict of columns), got {type(data).__name__}."
+        )
     rows: Rows = []
     for i, row in enumerate(data):
         if not isinstance(row, dict):
@@ -147,7 +151,7 @@ def read_file(path: Path) -> Rows:
         raise DataFileError(f"{path}: broken gzip file ({exc}).") from None
 
 
-def _split_of(path: Path, root: Path) -> str | None:
+def _split_of(path: Path) -> str | None:
     """The split a file belongs to, from its name (`train-0000.parquet`, `test.jsonl.gz`, `train_prefs-...`)."""
     name = path.name.lower()
     for split in sorted(KNOWN_SPLITS, key=len, reverse=True):
@@ -172,12 +176,11 @@ def split_files(path: Path, split: str) -> list[Path]:
     formats = {_format_of(p) for p in files}
     by_split: dict[str | None, list[Path]] = {}
     for p in files:
-        by_split.setdefault(_split_of(p, path), []).append(p)
+        by_split.setdefault(_split_of(p), []).append(p)
     named = {s for s in by_split if s is not None}
-    if not named:
-        chosen = files if split in ("train", "train_prefs") else []
-    else:
-        chosen = by_split.get(split.lower(), [])
+    # No split in any file name (orca's orca_rlhf.jsonl): everything is training data.
+    unnamed_train = files if split in ("train", "train_prefs") else []
+    chosen = by_split.get(split.lower(), []) if named else unnamed_train
     if not chosen:
         raise DataFileError(
             f"dataset.path={path}: no files for split {split!r} (found splits: {sorted(named) or ['train (unnamed)']}). "

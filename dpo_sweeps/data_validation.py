@@ -48,7 +48,9 @@ def _check_text(value: Any, field: str) -> None:
 
 def _check_messages(value: Any, field: str) -> list[dict[str, str]]:
     if not isinstance(value, list):
-        raise RowProblem(field, f"expected a list of {{role, content}} messages, got {type(value).__name__}", "wrong_type")
+        raise RowProblem(
+            field, f"expected a list of {{role, content}} messages, got {type(value).__name__}", "wrong_type"
+        )
     if not value:
         raise RowProblem(field, "empty message list", "empty_text")
     out = []
@@ -76,7 +78,9 @@ def _check_roles(prompt: list[dict], completion: list[dict], field: str) -> None
     expected = "user"
     for i, m in enumerate(turns):
         if m["role"] != expected:
-            raise RowProblem("prompt", f"turn {i} is from {m['role']!r}, expected {expected!r} (roles must alternate)", "role_order")
+            raise RowProblem(
+                "prompt", f"turn {i} is from {m['role']!r}, expected {expected!r} (roles must alternate)", "role_order"
+            )
         expected = "assistant" if expected == "user" else "user"
     if turns[-1]["role"] != "user":
         raise RowProblem("prompt", "the prompt must end with a user turn", "role_order")
@@ -84,7 +88,9 @@ def _check_roles(prompt: list[dict], completion: list[dict], field: str) -> None
         want = "assistant" if i % 2 == 0 else "user"
         if m["role"] != want:
             raise RowProblem(
-                f"{field}[{i}]", f"is from {m['role']!r}, expected {want!r} (the reply must come from the assistant)", "role_order"
+                f"{field}[{i}]",
+                f"is from {m['role']!r}, expected {want!r} (the reply must come from the assistant)",
+                "role_order",
             )
 
 
@@ -116,10 +122,16 @@ class LengthChecker:
     def __init__(self, tokenizer, cfg: DictConfig):
         self.tok = tokenizer
         d = cfg.dataset
-        self.max_length, self.max_prompt, self.max_completion = d.max_length, d.max_prompt_length, d.max_completion_length
+        self.max_length, self.max_prompt, self.max_completion = (
+            d.max_length,
+            d.max_prompt_length,
+            d.max_completion_length,
+        )
         self.keep_start = d.truncation_side == "keep_start"
         self.too_long_invalid = d.on_too_long == "invalid"
-        self.merge_hint = "" if cfg.model.merge_system_into_user else " (no system role? set model.merge_system_into_user=true)"
+        self.merge_hint = (
+            "" if cfg.model.merge_system_into_user else " (no system role? set model.merge_system_into_user=true)"
+        )
 
     def _ids(self, messages_or_text, generation_prompt: bool = False) -> list[int]:
         if isinstance(messages_or_text, str):
@@ -143,7 +155,9 @@ class LengthChecker:
                 chosen = self._ids(row["prompt"] + row["chosen"] + eos)
                 rejected = self._ids(row["prompt"] + row["rejected"] + eos)
         except Exception as exc:  # jinja2 TemplateError from raise_exception(), mostly
-            raise RowProblem("prompt", f"the chat template refused it: {exc}{self.merge_hint}", "template_error") from None
+            raise RowProblem(
+                "prompt", f"the chat template refused it: {exc}{self.merge_hint}", "template_error"
+            ) from None
         n_prompt = len(prompt)
         n_completion = max(len(chosen), len(rejected)) - n_prompt
         if self.max_length is not None and self.keep_start and n_prompt >= self.max_length:
@@ -155,7 +169,9 @@ class LengthChecker:
             )
         if self.max_prompt is not None and n_prompt > self.max_prompt:
             raise RowProblem(
-                "prompt", f"{n_prompt} tokens after templating > dataset.max_prompt_length={self.max_prompt}", "prompt_too_long"
+                "prompt",
+                f"{n_prompt} tokens after templating > dataset.max_prompt_length={self.max_prompt}",
+                "prompt_too_long",
             )
         if self.max_completion is not None and n_completion > self.max_completion:
             raise RowProblem(

@@ -175,10 +175,14 @@ def _dataset_section(cfg: DictConfig, data_stats: dict[str, Any]) -> str:
         )
         dropped = {k: v for k, v in data_stats.items() if "_dropped_" in k}
         if dropped:
-            lines.append("- dropped as invalid (dataset.on_invalid=drop): " + ", ".join(f"{k}: {v}" for k, v in dropped.items()))
+            lines.append(
+                "- dropped as invalid (dataset.on_invalid=drop): " + ", ".join(f"{k}: {v}" for k, v in dropped.items())
+            )
         truncated = {k: v for k, v in data_stats.items() if k.endswith("_truncated") and v}
         if truncated:
-            lines.append(f"- truncated to max_length={d.max_length}: " + ", ".join(f"{k}: {v}" for k, v in truncated.items()))
+            lines.append(
+                f"- truncated to max_length={d.max_length}: " + ", ".join(f"{k}: {v}" for k, v in truncated.items())
+            )
     lines.append(f"- max_length: {d.max_length} tokens after the chat template, truncation: {d.truncation_side}")
     return "\n".join(lines)
 

@@ -78,7 +78,9 @@ def choose_pad_token(tokenizer, name: str) -> str:
     vocab = tokenizer.get_vocab()
     reserved = next((t for t in RESERVED_PAD_TOKENS if t in vocab and t != tokenizer.eos_token), None)
     if reserved is not None:
-        log.info("%s has no pad token: padding with its reserved token %r (set model.pad_token to choose).", name, reserved)
+        log.info(
+            "%s has no pad token: padding with its reserved token %r (set model.pad_token to choose).", name, reserved
+        )
         tokenizer.pad_token = reserved
     else:
         # Said out loud, not silent: EOS as padding is common but masks real EOS tokens if a collator keys on ids.

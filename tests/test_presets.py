@@ -58,7 +58,9 @@ def prequantized_tiny_llama(tiny_model_paths, tmp_path_factory):
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     src = tiny_model_paths["llama"]
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=q, device_map={"": "cpu"}, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(
+        src, quantization_config=q, device_map={"": "cpu"}, dtype=torch.bfloat16
+    )
     model.save_pretrained(dest)
     AutoTokenizer.from_pretrained(src).save_pretrained(dest)
     return dest
@@ -135,7 +137,9 @@ def test_preset_trains_end_to_end_on_its_tiny_architecture(preset, tiny_model_pa
 
         tok = load_tokenizer(cfg)
         data = load_preference_data(cfg, tok)
-        lengths = {len(tok.apply_chat_template(r["prompt"] + r["chosen"])) for r in data.train}
+        lengths = {
+            len(tok.apply_chat_template(r["prompt"] + r["chosen"], return_dict=True)["input_ids"]) for r in data.train
+        }
         assert len(lengths) > 1
         assert all(m["role"] != "system" for r in data.train for m in r["prompt"])
         assert data.train[0]["prompt"][0]["content"].startswith("You are a friendly fashion stylist.")

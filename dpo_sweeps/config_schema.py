@@ -35,7 +35,8 @@ class ModelConfig:
 
 @dataclass
 class DatasetColumns:
-    prompt: str = "prompt"
+    # null = no prompt column: chosen/rejected are whole conversations and their shared leading turns are the prompt.
+    prompt: str | None = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
     # Optional system-prompt column (orca_dpo_pairs); null = none.
@@ -52,6 +53,9 @@ class DatasetConfig:
     path: str | None = None
     # standard = strings, conversational = lists of {role, content} messages (used by `local`).
     format: str = "standard"
+    # `local` with format=standard: wrap the strings as one user turn (+ system) and one assistant turn, so the
+    # model's chat template is applied (what an instruct model expects). false = plain text, as TRL treats strings.
+    to_conversational: bool = False
     columns: DatasetColumns = field(default_factory=DatasetColumns)
     train_split: str = "train"
     # null = hold out `eval_fraction` of the training split.
@@ -62,10 +66,16 @@ class DatasetConfig:
     shuffle_seed: int = 0
     # error = stop with the first offending rows named; drop = drop them, count them in metrics.json.
     on_invalid: str = "error"
-    # Tokens after chat templating; longer pairs are truncated (keep_start) or counted invalid (on_too_long=invalid).
+    # Tokens after chat templating; longer pairs are truncated (truncation_side) or counted invalid (on_too_long=invalid).
+    # A prompt that alone fills max_length is always invalid (TRL 1.16 would drop it silently).
     max_length: int | None = 1024
+    # Rows whose templated prompt / longer completion exceeds these are invalid (null = no limit).
     max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    # keep_start (cut the end) or keep_end (cut the start) when prompt + completion > max_length.
     truncation_side: str = "keep_start"
+    # truncate = train on the truncated pair (counted in metrics.json); invalid = treat it as a bad row (on_invalid).
+    on_too_long: str = "truncate"
     # How many offending rows an error message lists before summarising.
     max_errors_shown: int = 5
 

@@ -1,82 +1,97 @@
-"""Preference data: load a source, map it to prompt/chosen/rejected, split train/eval.
+"""Preference data: load a source, map it to prompt/chosen/rejected, check every row, split train/eval.
 
-Every source goes through one path: `_load_source` (the only place that differs between the hub, a local file and
-the bundled toy set) -> the dataset's adapter -> validation -> split. Heavy imports (`datasets`) happen inside.
+Every source goes through one path: `_raw_split` (the only place that differs between the hub, a local copy given
+with `dataset.path=`, and the bundled toy set; see `data_sources.py`) -> shuffle and hold out -> the dataset's
+adapter and the row checks (`data_adapters.py`, `data_validation.py`) -> `datasets.Dataset`. Heavy imports
+(`datasets`) happen inside.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+from dpo_sweeps.data_sources import RowOrigin, Rows, has_split, load_hub, load_local
+from dpo_sweeps.data_validation import check_rows, handle_problems
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PreferenceData:
     train: Any  # datasets.Dataset with prompt/chosen/rejected
     eval: Any
-    # Counts recorded in metrics.json: rows loaded, kept, dropped (by reason).
+    # Counts recorded in metrics.json: rows read, kept, dropped (by reason), truncated.
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_local(path: Path):
-    from datasets import load_dataset
-
-    if not path.exists():
-        raise FileNotFoundError(f"dataset.path={path}: no such file or folder.")
-    files = sorted(p for p in path.iterdir() if p.suffix in LOCAL_FORMATS) if path.is_dir() else [path]
-    if not files:
-        raise ValueError(f"dataset.path={path}: no {', '.join(LOCAL_FORMATS)} files in this folder.")
-    suffixes = {p.suffix for p in files}
-    if len(suffixes) > 1 or files[0].suffix not in LOCAL_FORMATS:
-        raise ValueError(
-            f"dataset.path={path}: expected files of one format among {', '.join(LOCAL_FORMATS)}, got {sorted(suffixes)}."
-        )
-    return load_dataset(LOCAL_FORMATS[files[0].suffix], data_files=[str(p) for p in files], split="train")
-
-
-def _load_source(cfg: DictConfig, split: str):
+def _raw_split(cfg: DictConfig, split: str) -> Rows:
     """The raw rows of `split`: from dataset.path if set, else the hub (or the bundled toy set)."""
-    from datasets import Dataset, load_dataset
-
     d = cfg.dataset
-    if d.name == "toy" and not d.path:
+    if d.path:
+        return load_local(Path(d.path).expanduser(), split)
+    if d.name == "toy":
         from dpo_sweeps.toy_data import toy_rows
 
-        return Dataset.from_list(toy_rows())
-    if d.path:
-        return _load_local(Path(d.path).expanduser())
-    return load_dataset(d.hub_id, split=split)
+        return [(row, RowOrigin("toy_data", i)) for i, row in enumerate(toy_rows())]
+    if not d.hub_id:
+        raise ValueError(f"dataset={d.name} has neither dataset.path nor dataset.hub_id: set dataset.path=<file>.")
+    return load_hub(d.name, d.hub_id, split)
 
 
-def _to_standard_columns(ds, cfg: DictConfig):
-    cols = cfg.dataset.columns
-    mapping = {cols.prompt: "prompt", cols.chosen: "chosen", cols.rejected: "rejected"}
-    missing = [src for src in mapping if src not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"dataset {cfg.dataset.name}: column(s) {missing} not found (columns: {ds.column_names}). Map yours with "
-            "dataset.columns.prompt=/chosen=/rejected=."
+def _eval_from_own_split(cfg: DictConfig) -> bool:
+    """Whether eval rows come from `dataset.eval_split` (else a held-out fraction of the training rows)."""
+    d = cfg.dataset
+    if not d.eval_split:
+        return False
+    path = Path(d.path).expanduser() if d.path else None
+    if path is not None and (path.is_file() or not has_split(path, d.eval_split)):
+        # A single file (or a copy without that split) has no eval split: said out loud, with the fraction used.
+        log.warning(
+            "dataset.path=%s has no %r split: holding out dataset.eval_fraction=%s of the training rows for eval "
+            "instead (set dataset.eval_split=null to silence this).",
+            d.path,
+            d.eval_split,
+            d.eval_fraction,
         )
-    ds = ds.rename_columns({k: v for k, v in mapping.items() if k != v})
-    return ds.select_columns(["prompt", "chosen", "rejected"])
+        return False
+    return True
 
 
 def load_preference_data(cfg: DictConfig, tokenizer=None) -> PreferenceData:
+    """Train/eval datasets in TRL's explicit-prompt form. With a tokenizer, lengths are checked after templating."""
+    from datasets import Dataset
+
     d = cfg.dataset
-    train = _to_standard_columns(_load_source(cfg, d.train_split), cfg)
-    if d.eval_split:
-        eval_ = _to_standard_columns(_load_source(cfg, d.eval_split), cfg)
+    train_raw = _raw_split(cfg, d.train_split)
+    random.Random(d.shuffle_seed).shuffle(train_raw)
+    if _eval_from_own_split(cfg):
+        eval_raw = _raw_split(cfg, d.eval_split)
+        random.Random(d.shuffle_seed).shuffle(eval_raw)
+        eval_source = d.eval_split
     else:
-        parts = train.train_test_split(test_size=d.eval_fraction, seed=d.shuffle_seed)
-        train, eval_ = parts["train"], parts["test"]
-    train = train.shuffle(seed=d.shuffle_seed)
-    if d.max_train_samples:
-        train = train.select(range(min(d.max_train_samples, len(train))))
-    if d.max_eval_samples:
-        eval_ = eval_.select(range(min(d.max_eval_samples, len(eval_))))
-    return PreferenceData(train=train, eval=eval_, stats={"train_rows": len(train), "eval_rows": len(eval_)})
+        n_eval = max(1, round(len(train_raw) * d.eval_fraction))
+        if n_eval >= len(train_raw):
+            raise ValueError(
+                f"dataset={d.name}: {len(train_raw)} rows cannot be split into train and eval with "
+                f"dataset.eval_fraction={d.eval_fraction}; add rows or give an eval split."
+            )
+        eval_raw, train_raw = train_raw[:n_eval], train_raw[n_eval:]
+        eval_source = f"{d.eval_fraction:g} of {d.train_split}"
+    splits = {
+        "train": check_rows(train_raw, cfg, tokenizer, d.max_train_samples),
+        "eval": check_rows(eval_raw, cfg, tokenizer, d.max_eval_samples),
+    }
+    stats = handle_problems(cfg, splits)
+    for name, s in splits.items():
+        if not s.rows:
+            raise ValueError(f"dataset={d.name}: no valid {name} rows left ({s.read} checked, all invalid).")
+    stats.update(train_rows=len(splits["train"].rows), eval_rows=len(splits["eval"].rows), eval_source=eval_source)
+    return PreferenceData(
+        train=Dataset.from_list(splits["train"].rows), eval=Dataset.from_list(splits["eval"].rows), stats=stats
+    )

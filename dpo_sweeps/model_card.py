@@ -59,6 +59,48 @@ def dataset_id(cfg: DictConfig) -> str:
     return d.hub_id or d.path or d.name
 
 
+def schema_defaults() -> dict[str, Any]:
+    """The value each `hyperparameters()` key takes with no override at all (the dataclass schema's defaults)."""
+    from dpo_sweeps.config_schema import (
+        DatasetConfig,
+        DpoSweepsConfig,
+        LoraConfig,
+        LossConfig,
+        QuantizationConfig,
+        TrainingConfig,
+    )
+
+    t, lora, loss = TrainingConfig(), LoraConfig(), LossConfig()
+    return {
+        "beta": DpoSweepsConfig.beta,
+        "loss_type": loss.type,
+        "label_smoothing": loss.label_smoothing,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_ratio": t.warmup_ratio,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.num_train_epochs,
+        "max_length": DatasetConfig.max_length,
+        "precision": t.precision,
+        "seed": DpoSweepsConfig.seed,
+        "quantization": QuantizationConfig.mode,
+        "lora_r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "lora_target_modules": ",".join(lora.target_modules),
+    }
+
+
+def changed_hyperparameters(cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """key -> (value, default) for the hyperparameters this run changed."""
+    defaults = schema_defaults()
+    return {k: (v, defaults[k]) for k, v in hyperparameters(cfg).items() if k in defaults and v != defaults[k]} | (
+        {"lora": ("none (full-parameter DPO)", "r16")} if not cfg.lora.enabled else {}
+    )
+
+
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The settings people compare across DPO runs, in one flat table."""
     t = cfg.training
@@ -97,6 +139,8 @@ def front_matter(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tags.append("lora")
     if cfg.quantization.mode != "none" or cfg.model.prequantized:
         tags.append("qlora" if cfg.lora.enabled else "quantized")
+    if cfg.quantization.mode != "none" or cfg.model.prequantized:
+        tags.append("bitsandbytes")
     return {
         "base_model": base_model_id(cfg),
         "library_name": "peft" if cfg.lora.enabled else "transformers",
@@ -116,6 +160,30 @@ def _results_table(metrics: dict[str, Any]) -> str:
             continue
         fmt = lambda v: "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
         lines.append(f"| {label} | {fmt(before)} | {fmt(after)} |")
+    return "\n".join(lines)
+
+
+def _dataset_section(cfg: DictConfig, data_stats: dict[str, Any]) -> str:
+    d = cfg.dataset
+    source = f"[{d.hub_id}](https://huggingface.co/datasets/{d.hub_id})" if d.hub_id else f"`{d.path or 'bundled'}`"
+    local_copy = f" (read from the local copy `{d.path}`)" if d.hub_id and d.path else ""
+    lines = [f"- `dataset={d.name}`: {source}{local_copy}, {d.format} format"]
+    if data_stats:
+        lines.append(
+            f"- rows: {data_stats.get('train_rows', 'n/a')} train, {data_stats.get('eval_rows', 'n/a')} eval "
+            f"(eval from {data_stats.get('eval_source', 'n/a')})"
+        )
+        dropped = {k: v for k, v in data_stats.items() if "_dropped_" in k}
+        if dropped:
+            lines.append(
+                "- dropped as invalid (dataset.on_invalid=drop): " + ", ".join(f"{k}: {v}" for k, v in dropped.items())
+            )
+        truncated = {k: v for k, v in data_stats.items() if k.endswith("_truncated") and v}
+        if truncated:
+            lines.append(
+                f"- truncated to max_length={d.max_length}: " + ", ".join(f"{k}: {v}" for k, v in truncated.items())
+            )
+    lines.append(f"- max_length: {d.max_length} tokens after the chat template, truncation: {d.truncation_side}")
     return "\n".join(lines)
 
 
@@ -139,7 +207,11 @@ def _quick_start(cfg: DictConfig, run_dir: Path) -> str:
 
 def render_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb_url: str | None = None) -> str:
     fm = yaml.safe_dump(front_matter(cfg, run_dir), sort_keys=False).strip()
-    hp = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters(cfg).items())
+    changed = changed_hyperparameters(cfg)
+    hp = "\n".join(
+        f"| {k} | {v} | {changed[k][1] if k in changed else '(default)'} |" for k, v in hyperparameters(cfg).items()
+    )
+    changed_line = ", ".join(f"{k}={v}" for k, (v, _) in changed.items()) or "none"
     versions = "\n".join(f"- {k}: {v}" for k, v in framework_versions().items())
     tracking = (
         f'[<img src="https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg" alt="Visualize in Weights & Biases" width="150" height="24"/>]({wandb_url})\n\n'
@@ -148,7 +220,6 @@ def render_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], w
     )
     overrides = " ".join((run_folder.read_status(run_dir) or {}).get("overrides", [])) or "(defaults)"
     data_stats = {k[5:]: v for k, v in metrics.items() if k.startswith("data/")}
-    data_line = ", ".join(f"{k}: {v}" for k, v in data_stats.items())
     return f"""---
 {fm}
 ---
@@ -172,12 +243,16 @@ Model](https://huggingface.co/papers/2305.18290). Reproduce with:
 python -m dpo_sweeps {overrides}
 ```
 
-Data: {dataset_id(cfg)} ({data_line or "see metrics.json"}).
+### Dataset
+
+{_dataset_section(cfg, data_stats)}
 
 ### Hyperparameters
 
-| Setting | Value |
-|---|---|
+Changed from the defaults: {changed_line}.
+
+| Setting | Value | Default |
+|---|---|---|
 {hp}
 
 ## Evaluation results

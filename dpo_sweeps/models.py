@@ -65,15 +65,34 @@ def load_tokenizer(cfg: DictConfig):
             log.info("Padding with %r (model.pad_token); the tokenizer had %r.", m.pad_token, tokenizer.pad_token)
         tokenizer.pad_token = m.pad_token
     elif tokenizer.pad_token is None:
-        # Said out loud, not silent: EOS as padding is common but masks real EOS tokens if the collator keys on ids.
+        choose_pad_token(tokenizer, m.name_or_path)
+    return tokenizer
+
+
+# Reserved tokens that the model families ship for padding, in order of preference (Llama 3: finetune_right_pad_id).
+RESERVED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "[PAD]", "<|reserved_special_token_0|>")
+
+
+def choose_pad_token(tokenizer, name: str) -> str:
+    """A tokenizer without a pad token gets one explicitly, logged: a reserved pad token of its vocabulary, else EOS."""
+    vocab = tokenizer.get_vocab()
+    reserved = next((t for t in RESERVED_PAD_TOKENS if t in vocab and t != tokenizer.eos_token), None)
+    if reserved is not None:
+        log.info(
+            "%s has no pad token: padding with its reserved token %r (set model.pad_token to choose).", name, reserved
+        )
+        tokenizer.pad_token = reserved
+    else:
+        # Said out loud, not silent: EOS as padding is common but masks real EOS tokens if a collator keys on ids.
         log.warning(
-            "%s has no pad token and model.pad_token is null: padding with the EOS token %r. Set model.pad_token to a "
-            "reserved special token to avoid that.",
-            m.name_or_path,
+            "%s has no pad token, none of %s is in its vocabulary and model.pad_token is null: padding with the EOS "
+            "token %r. Set model.pad_token to a reserved special token to avoid that.",
+            name,
+            ", ".join(RESERVED_PAD_TOKENS),
             tokenizer.eos_token,
         )
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return tokenizer.pad_token
 
 
 def _quantization_config(cfg: DictConfig, dtype: torch.dtype):

@@ -173,14 +173,20 @@ def _check_dataset(cfg: DictConfig, problems: list[str]) -> None:
     _one_of(problems, "dataset.format", d.format, ("standard", "conversational"))
     _one_of(problems, "dataset.on_invalid", d.on_invalid, ("error", "drop"))
     _one_of(problems, "dataset.truncation_side", d.truncation_side, ("keep_start", "keep_end"))
+    _one_of(problems, "dataset.on_too_long", d.on_too_long, ("truncate", "invalid"))
     if d.name == "local" and not d.path:
         problems.append("dataset=local needs a file: dataset.path=<file.jsonl|.json|.parquet|.csv or a folder>.")
+    if d.name == "local" and d.format == "standard" and d.columns.prompt is None:
+        problems.append(
+            "dataset.columns.prompt=null with dataset.format=standard: strings need a prompt column. Name it, or use "
+            "dataset.format=conversational (whole conversations in chosen/rejected, the shared turns are the prompt)."
+        )
     if d.eval_split is None and not 0 < d.eval_fraction < 1:
         problems.append(
             f"dataset.eval_fraction={d.eval_fraction}: with no dataset.eval_split, a fraction in (0, 1) of the "
             "training split is held out for evaluation."
         )
-    for key in ("max_train_samples", "max_eval_samples", "max_length", "max_prompt_length"):
+    for key in ("max_train_samples", "max_eval_samples", "max_length", "max_prompt_length", "max_completion_length"):
         if d[key] is not None and d[key] < 1:
             problems.append(f"dataset.{key}={d[key]}: must be >= 1, or null for no limit.")
     if d.max_length is not None and d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:

@@ -148,7 +148,7 @@ def front_matter(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "tags": tags,
         "pipeline_tag": "text-generation",
         "datasets": [dataset_id(cfg)],
-        "licence": "other",
+        "license": "other",
     }
 
 

@@ -43,7 +43,7 @@ def test_front_matter_of_a_qlora_run(tmp_path):
         "tags": ["dpo", "trl", "dpo_sweeps", "transformers", "lora", "qlora", "bitsandbytes"],
         "pipeline_tag": "text-generation",
         "datasets": ["data/finance.jsonl"],
-        "licence": "other",
+        "license": "other",
     }
     # Quick start loads this run's adapter; training procedure links W&B; reproduce command has the overrides.
     assert f'AutoPeftModelForCausalLM.from_pretrained("{run_dir / "adapter"}")' in card

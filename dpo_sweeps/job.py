@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import run_folder
+from dpo_sweeps import run_folder, tracking
 from dpo_sweeps.validation import validate
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ def run_sweep_point(cfg: DictConfig) -> float:
         run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
         from dpo_sweeps.model_card import write_model_card
 
-        write_model_card(cfg, run_dir, metrics)
+        write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
     except Exception as exc:
+        tracking.finish_active(exit_code=1)
         run_folder.update_status(
             run_dir,
             state=run_folder.FAILED,

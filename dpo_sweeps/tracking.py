@@ -121,6 +121,9 @@ class Tracker:
                 flat = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
                 self._guard("summary update", self.run.summary.update, flat)
             self._guard("finish", self.run.finish, exit_code=exit_code)
+            # finish() returns before wandb's service has closed the run file; teardown waits for it, so the file is
+            # complete when the job ends (or the next point of the sweep starts its own run).
+            _teardown()
             if self.mode == "offline" and self.sync_dir:
                 log.info(
                     "W&B run %s logged offline. Upload it with: wandb sync %s", self.identity.run_id, self.sync_dir

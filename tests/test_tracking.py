@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY, compose_config, read_json, run_cli, run_dirs
+from helpers import compose_config, read_json, run_cli, run_dirs
 from wandb_files import find_offline_runs, read_offline_run
 
 from dpo_sweeps import naming, run_folder, tracking
@@ -139,7 +139,7 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
     point runs again and continues the same W&B run id."""
     sweep_dir, wandb_dir = tmp_path / "sweep", tmp_path / "wandb"
     wandb_dir.mkdir()
-    args = [*TINY_WANDB, "beta=0.1,0.5", "-m", f"hydra.sweep.dir={sweep_dir}"]
+    args = ["-m", *TINY_WANDB, "beta=0.1,0.5", f"hydra.sweep.dir={sweep_dir}"]
     run_cli(args, env=_cli_env(wandb_dir, WANDB_MODE="offline"))
     points = run_dirs(sweep_dir)
     assert len(points) == 2

@@ -11,7 +11,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dpo_sweeps import naming  # noqa: F401  (registers the folder-name resolvers)
+from dpo_sweeps import (
+    naming,  # noqa: F401  (registers the folder-name resolvers)
+    search,  # noqa: F401  (registers the optuna_direction resolver)
+)
 from dpo_sweeps.config_schema import register_schemas
 from dpo_sweeps.paths import register_path_resolvers
 

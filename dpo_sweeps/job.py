@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import run_folder
+from dpo_sweeps import run_folder, search, tracking
 from dpo_sweeps.validation import validate
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
     if status.get("state") == run_folder.COMPLETED:
         if not cfg.rerun:
             log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
-            return _objective(run_folder.read_json(run_dir / run_folder.METRICS_FILE))
+            metrics = run_folder.read_json(run_dir / run_folder.METRICS_FILE)
+            return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}
 
@@ -74,8 +75,9 @@ def run_sweep_point(cfg: DictConfig) -> float:
         run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
         from dpo_sweeps.model_card import write_model_card
 
-        write_model_card(cfg, run_dir, metrics)
+        write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
     except Exception as exc:
+        tracking.finish_active(exit_code=1)
         run_folder.update_status(
             run_dir,
             state=run_folder.FAILED,
@@ -83,9 +85,10 @@ def run_sweep_point(cfg: DictConfig) -> float:
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
-        if not multirun:
+        # Optuna's sweeper records a raising job as a failed trial; NaN would end the search (see search.py).
+        if not multirun or search.sweeper_takes_exceptions():
             raise
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
         return math.nan
     run_folder.update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
-    return _objective(metrics)
+    return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)

@@ -205,7 +205,13 @@ def _quick_start(cfg: DictConfig, run_dir: Path) -> str:
     )
 
 
-def render_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb_url: str | None = None) -> str:
+def render_model_card(
+    cfg: DictConfig,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    wandb_url: str | None = None,
+    tracking_note: str | None = None,
+) -> str:
     fm = yaml.safe_dump(front_matter(cfg, run_dir), sort_keys=False).strip()
     changed = changed_hyperparameters(cfg)
     hp = "\n".join(
@@ -216,7 +222,8 @@ def render_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], w
     tracking = (
         f'[<img src="https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg" alt="Visualize in Weights & Biases" width="150" height="24"/>]({wandb_url})\n\n'
         if wandb_url
-        else ""
+        # An offline W&B run has no URL yet: say which run it is and how to upload it.
+        else (f"{tracking_note}\n\n" if tracking_note else "")
     )
     overrides = " ".join((run_folder.read_status(run_dir) or {}).get("overrides", [])) or "(defaults)"
     data_stats = {k[5:]: v for k, v in metrics.items() if k.startswith("data/")}
@@ -283,9 +290,15 @@ Cite TRL as:
 """
 
 
-def write_model_card(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb_url: str | None = None) -> Path:
+def write_model_card(
+    cfg: DictConfig,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    wandb_url: str | None = None,
+    tracking_note: str | None = None,
+) -> Path:
     path = run_dir / run_folder.MODEL_CARD_FILE
-    run_folder.write_text_atomic(path, render_model_card(cfg, run_dir, metrics, wandb_url))
+    run_folder.write_text_atomic(path, render_model_card(cfg, run_dir, metrics, wandb_url, tracking_note))
     return path
 
 

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
-from dpo_sweeps import run_folder
+from dpo_sweeps import run_folder, tracking
 from dpo_sweeps.data import load_preference_data
 from dpo_sweeps.models import load_models, resolve_dtype, uses_gpu
 
@@ -164,6 +164,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     models = load_models(cfg)
     data = load_preference_data(cfg, models.tokenizer)
     args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg))
+    tracker = tracking.start(cfg, run_dir)
     trainer = DPOTrainer(
         model=models.policy,
         ref_model=models.reference,
@@ -171,7 +172,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=models.tokenizer,
-        callbacks=[HistoryCallback(run_dir), NonFiniteLossGuard()],
+        callbacks=[HistoryCallback(run_dir), NonFiniteLossGuard(), tracking.make_callback(tracker)],
     )
     resume_from = last_checkpoint(run_dir)
     metrics: dict[str, Any] = {}
@@ -189,8 +190,13 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
+    from dpo_sweeps.samples import generate_samples
+
+    tracker.log_samples(generate_samples(cfg, trainer.model, models.reference, models.tokenizer, data.eval, run_dir))
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric
     metrics["objective_value"] = metrics.get(cfg.objective.metric)
+    tracker.finish(metrics)
+    metrics["tracking"] = tracker.info()
     return metrics

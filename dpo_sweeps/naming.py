@@ -14,7 +14,7 @@ import re
 from omegaconf import OmegaConf
 
 # Keys that do not change what a run computes, so they must not change its folder.
-NON_IDENTITY_KEYS = frozenset({"name", "dry_run", "rerun", "logger", "ref_cache.dir", "ref_cache.enabled"})
+NON_IDENTITY_KEYS = frozenset({"name", "dry_run", "rerun", "ref_cache.dir"})
 NON_IDENTITY_PREFIXES = ("hydra.", "hydra/", "logger.", "+hydra", "~hydra")
 MAX_NAME_CHARS = 150
 DEFAULT_NAME = "default"

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# make slurm-down      (= bash launch/slurm-down.sh; works from any directory)
+#
+# Stops the local cluster that launch/slurm-up.sh started: cancels its jobs, kills slurmd and slurmctld by pid,
+# then munged if slurm-up started it, and checks that nothing is left running. Safe to run when nothing runs.
+# Keeps the logs in the state dir (${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/log); removes env.sh.
+set -euo pipefail
+
+STATE_DIR="${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}"
+[[ "$STATE_DIR" = /* ]] || STATE_DIR="$(pwd)/$STATE_DIR"
+CONF="$STATE_DIR/slurm.conf"
+PATH="$PATH:/usr/sbin:/sbin"
+
+log() { echo "slurm-down: $*"; }
+
+pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+pid_from() { [[ -s "$1" ]] && tr -dc '0-9' <"$1" || true; }
+our_pid() {
+    local pid
+    pid="$(pid_from "$1")"
+    if pid_alive "$pid" && grep -qa "$2" "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
+}
+# Send TERM, wait up to $3 seconds, then KILL.
+stop_pid() {
+    local pid="$1" name="$2" wait_s="${3:-10}" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < wait_s * 10; i++)); do
+        pid_alive "$pid" || {
+            log "stopped $name (pid $pid)"
+            return 0
+        }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    log "killed $name (pid $pid) after ${wait_s}s"
+}
+
+if [[ ! -d "$STATE_DIR" ]]; then
+    log "no state dir $STATE_DIR; nothing to stop"
+    exit 0
+fi
+
+ctld="$(our_pid "$STATE_DIR/run/slurmctld.pid" slurmctld)"
+slurmd_pid="$(our_pid "$STATE_DIR/run/slurmd.pid" slurmd)"
+
+# 1. Jobs first: slurmstepd and job processes outlive slurmd, so cancel them while the daemons still run.
+if [[ -n "$ctld" && -n "$slurmd_pid" && -f "$CONF" ]]; then
+    export SLURM_CONF="$CONF"
+    jobs="$(timeout 10 squeue -h -o %i 2>/dev/null | tr '\n' ' ' || true)"
+    if [[ -n "${jobs// /}" ]]; then
+        log "cancelling jobs: $jobs"
+        # shellcheck disable=SC2086
+        timeout 10 scancel $jobs 2>/dev/null || true
+        # KillWait (5 s) after SIGTERM, then SIGKILL: give them a bit longer than that.
+        for _ in $(seq 100); do
+            left="$(timeout 5 squeue -h -t RUNNING,COMPLETING,SUSPENDED,CONFIGURING -o %i 2>/dev/null || true)"
+            [[ -z "$left" ]] && break
+            sleep 0.1
+        done
+        [[ -z "$left" ]] || log "jobs still ending after 10 s: $(echo "$left" | tr '\n' ' ') (killing them below)"
+    fi
+fi
+
+# 2. Daemons, by pid.
+[[ -n "$slurmd_pid" ]] && stop_pid "$slurmd_pid" slurmd 10
+[[ -n "$ctld" ]] && stop_pid "$ctld" slurmctld 10
+[[ -z "$slurmd_pid$ctld" ]] && log "slurmctld/slurmd of $STATE_DIR not running"
+
+# 3. Strays: slurmstepd (and anything else) forked from our slurmd carries DPO_SWEEPS_SLURM_DIR in its env.
+for env_file in /proc/[0-9]*/environ; do
+    pid="${env_file#/proc/}"
+    pid="${pid%/environ}"
+    [[ "$pid" == "$$" ]] && continue
+    if grep -qzxF "DPO_SWEEPS_SLURM_DIR=$STATE_DIR" "$env_file" 2>/dev/null; then
+        cmd="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null || true)"
+        case "$cmd" in
+        slurmstepd* | *slurmd* | *slurmctld*)
+            kill -KILL "$pid" 2>/dev/null && log "killed stray $cmd(pid $pid)"
+            ;;
+        esac
+    fi
+done
+
+# 4. munged, only if slurm-up started it.
+if [[ -f "$STATE_DIR/run/munged.started-by-slurm-up" ]]; then
+    mpid="$(our_pid /run/munge/munged.pid munged)"
+    [[ -n "$mpid" ]] || mpid="$(pid_from "$STATE_DIR/run/munged.started-by-slurm-up")"
+    if pid_alive "$mpid" && grep -qa munged "/proc/$mpid/cmdline" 2>/dev/null; then
+        stop_pid "$mpid" munged 5
+    else
+        log "munged already gone"
+    fi
+    rm -f "$STATE_DIR/run/munged.started-by-slurm-up"
+else
+    log "munged was not started by slurm-up; leaving it alone"
+fi
+
+rm -f "$STATE_DIR/env.sh" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid"
+log "done; logs kept in $STATE_DIR/log"

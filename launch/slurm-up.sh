@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# make slurm-up      (= bash launch/slurm-up.sh; works from any directory)
+#
+# Starts a real one-node SLURM cluster on localhost (Debian's slurm-wlm + munge) for tests, CI and demos:
+# munged, slurmctld and slurmd, with a config generated into a fresh state directory. Then:
+#   source "${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh"      # sets SLURM_CONF
+#   sinfo; sbatch ...; python -m dpo_sweeps -m hydra/launcher=slurm ...
+# Stop it with `make slurm-down`. Running this again while the cluster is up does nothing.
+#
+# Environment knobs:
+#   DPO_SWEEPS_SLURM_DIR            state dir (config, logs, spool, pids, env.sh)   default /tmp/dpo_sweeps_slurm
+#   DPO_SWEEPS_SLURMCTLD_PORT       slurmctld port (not the default 6817, so a real install is left alone)   16817
+#   DPO_SWEEPS_SLURMD_PORT          slurmd port                                      default 16818
+#   DPO_SWEEPS_SLURM_START_TIMEOUT  seconds to wait for the node to become idle      default 60
+# Needs root: slurmd launches jobs and munged runs as the munge user.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STATE_DIR="${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}"
+CTLD_PORT="${DPO_SWEEPS_SLURMCTLD_PORT:-16817}"
+SLURMD_PORT="${DPO_SWEEPS_SLURMD_PORT:-16818}"
+START_TIMEOUT="${DPO_SWEEPS_SLURM_START_TIMEOUT:-60}"
+# Marks a directory as ours, so that a fresh start may delete it (and nothing else).
+MARKER=".dpo_sweeps_slurm_state"
+PATH="$PATH:/usr/sbin:/sbin"
+
+log() { echo "slurm-up: $*"; }
+die() {
+    echo "slurm-up: ERROR: $*" >&2
+    if [[ -n "${DAEMONS_STARTED:-}" ]]; then
+        echo "slurm-up: stopping what was started (logs stay in $STATE_DIR/log)" >&2
+        DPO_SWEEPS_SLURM_DIR="$STATE_DIR" bash "$HERE/slurm-down.sh" >&2 || true
+    fi
+    exit 1
+}
+
+[[ "$STATE_DIR" = /* ]] || STATE_DIR="$(pwd)/$STATE_DIR"
+CONF="$STATE_DIR/slurm.conf"
+
+# The node's state as one word (sinfo prints one line per partition).
+node_state() { timeout 5 sinfo -h -N -n localhost -o %T 2>/dev/null | head -n1 || true; }
+pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+pid_from() { [[ -s "$1" ]] && tr -dc '0-9' <"$1" || true; }
+# The process behind a pid file, only if it is the program we expect (a stale file may name an unrelated pid).
+our_pid() {
+    local pid
+    pid="$(pid_from "$1")"
+    if pid_alive "$pid" && grep -qa "$2" "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
+}
+
+# --- 1. already running? ---------------------------------------------------------------------------------------------
+if [[ -f "$STATE_DIR/env.sh" && -f "$CONF" ]]; then
+    ctld="$(our_pid "$STATE_DIR/run/slurmctld.pid" slurmctld)"
+    slurmd_pid="$(our_pid "$STATE_DIR/run/slurmd.pid" slurmd)"
+    if [[ -n "$ctld" && -n "$slurmd_pid" ]] &&
+        state="$(SLURM_CONF="$CONF" node_state)" && [[ "$state" =~ ^(idle|mixed|allocated|completing) ]]; then
+        log "already running (slurmctld pid $ctld, slurmd pid $slurmd_pid, node $state); nothing to do"
+        log "use it with: source $STATE_DIR/env.sh"
+        exit 0
+    fi
+    log "found a cluster in $STATE_DIR that is not healthy; stopping it and starting fresh"
+    DPO_SWEEPS_SLURM_DIR="$STATE_DIR" bash "$HERE/slurm-down.sh"
+fi
+
+# --- 2. prerequisites ------------------------------------------------------------------------------------------------
+[[ $(id -u) -eq 0 ]] || die "must run as root (slurmd launches jobs, munged runs as the munge user): sudo make slurm-up"
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null ||
+    ! command -v sbatch >/dev/null; then
+    log "slurm-wlm/munge not installed; running launch/install-slurm.sh"
+    bash "$HERE/install-slurm.sh"
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$CTLD_PORT" "$SLURMD_PORT"; do
+    if port_busy "$port"; then
+        die "port $port on 127.0.0.1 is already in use (another cluster from a different DPO_SWEEPS_SLURM_DIR?). " \
+            "Stop it, or pick other ports with DPO_SWEEPS_SLURMCTLD_PORT / DPO_SWEEPS_SLURMD_PORT."
+    fi
+done
+
+# --- 3. fresh state dir ----------------------------------------------------------------------------------------------
+if [[ -e "$STATE_DIR" ]]; then
+    if [[ -f "$STATE_DIR/$MARKER" ]] || [[ -d "$STATE_DIR" && -z "$(ls -A "$STATE_DIR")" ]]; then
+        # Any daemon still holding the old dir (crashed run, stale pid files) goes first.
+        for name in slurmd slurmctld; do
+            pid="$(our_pid "$STATE_DIR/run/$name.pid" "$name")"
+            if [[ -n "$pid" ]]; then
+                log "killing leftover $name (pid $pid) from a previous run"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        done
+        # A munged that the previous slurm-up started stays ours to stop.
+        munged_ours="$(pid_from "$STATE_DIR/run/munged.started-by-slurm-up")"
+        rm -rf "$STATE_DIR"
+        log "removed the previous state dir $STATE_DIR"
+    else
+        die "$STATE_DIR exists and was not created by slurm-up (no $MARKER file); refusing to delete it. " \
+            "Remove it yourself or set DPO_SWEEPS_SLURM_DIR to another path."
+    fi
+fi
+mkdir -p "$STATE_DIR"/{state,spool,run,log}
+touch "$STATE_DIR/$MARKER"
+if pid_alive "${munged_ours:-}"; then echo "$munged_ours" >"$STATE_DIR/run/munged.started-by-slurm-up"; fi
+# Jobs run as root here, but other users reading logs and env.sh is handy.
+chmod 755 "$STATE_DIR"
+
+# --- 4. munge --------------------------------------------------------------------------------------------------------
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+if munge_ok && [[ -s "$STATE_DIR/run/munged.started-by-slurm-up" ]]; then
+    log "munged already running (started by an earlier slurm-up; slurm-down will stop it)"
+elif munge_ok; then
+    log "munged already running (not started by slurm-up; slurm-down will leave it alone)"
+else
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    # A munged killed hard leaves its socket/pid file behind; munged refuses to start over them.
+    pid="$(pid_from /run/munge/munged.pid)"
+    if ! pid_alive "$pid"; then rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock; fi
+    [[ -s /etc/munge/munge.key ]] || bash "$HERE/install-slurm.sh"
+    DAEMONS_STARTED=1
+    runuser -u munge -- munged
+    for _ in $(seq 50); do
+        munge_ok && break
+        sleep 0.1
+    done
+    munge_ok || die "munged did not come up; see /var/log/munge/munged.log"
+    pid_from /run/munge/munged.pid >"$STATE_DIR/run/munged.started-by-slurm-up"
+    log "started munged (pid $(cat "$STATE_DIR/run/munged.started-by-slurm-up"))"
+fi
+
+# --- 5. slurm.conf ---------------------------------------------------------------------------------------------------
+# CPUs, sockets, cores and RealMemory exactly as slurmd sees this machine; the node is called localhost.
+hw="$(slurmd -C | head -n1 | sed -E 's/^NodeName=[^ ]+ //')"
+[[ "$hw" == *CPUs=* ]] || die "could not read the hardware from 'slurmd -C': $hw"
+cat >"$CONF" <<CONF
+# Generated by launch/slurm-up.sh on $(date -Is). Regenerated on every start; edit the script, not this file.
+ClusterName=dpo_sweeps_local
+SlurmctldHost=localhost
+# Not the default ports (6817/6818), so a real SLURM on this machine is left alone.
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# No cgroups in containers and CI: track processes through /proc, bind nothing.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+# No accounting database: sacct does not work here (submitit's job.state stays UNKNOWN; use squeue/scontrol).
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+# A node that was down comes back by itself once slurmd registers.
+ReturnToService=2
+MailProg=/bin/true
+StateSaveLocation=$STATE_DIR/state
+SlurmdSpoolDir=$STATE_DIR/spool
+SlurmctldPidFile=$STATE_DIR/run/slurmctld.pid
+SlurmdPidFile=$STATE_DIR/run/slurmd.pid
+SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
+SlurmdLogFile=$STATE_DIR/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+
+# Fast requeue: a requeued job is RUNNING again in ~6 s instead of ~2 min.
+JobRequeue=1
+AuthInfo=cred_expire=5
+SchedulerParameters=sched_interval=1,bf_interval=1
+# Seconds between SIGTERM and SIGKILL when a job is cancelled, preempted or requeued.
+KillWait=5
+# Finished jobs stay visible to squeue/scontrol for this many seconds (there is no sacct).
+MinJobAge=300
+
+# Preemption by partition priority: jobs of a higher PriorityTier partition requeue those of "low".
+# preempt_send_user_signal: a preempted job first gets its --signal (submitit: USR2 -> checkpoint + requeue).
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
+
+NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN
+# debug: the default; its jobs are never preempted.
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+# low: preemptible (scavenger-style); on preemption a job has GraceTime seconds after its signal before SIGKILL.
+PartitionName=low Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
+# high: preempts jobs in "low".
+PartitionName=high Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=3 PreemptMode=OFF
+CONF
+log "wrote $CONF"
+
+# --- 6. daemons ------------------------------------------------------------------------------------------------------
+export SLURM_CONF="$CONF"
+# Marks the daemons (and the slurmstepd processes they fork) as ours, so slurm-down can find strays.
+export DPO_SWEEPS_SLURM_DIR="$STATE_DIR"
+show_logs() {
+    echo "slurm-up: logs: $STATE_DIR/log/slurmctld.log $STATE_DIR/log/slurmd.log $STATE_DIR/log/*.out" >&2
+    for f in "$STATE_DIR"/log/*; do
+        [[ -s "$f" ]] || continue
+        echo "----- tail $f" >&2
+        tail -n 15 "$f" >&2
+    done
+}
+DAEMONS_STARTED=1
+# Without -D both daemonize (survive this shell and the CI step) and write their pid files.
+if ! slurmctld -f "$CONF" >"$STATE_DIR/log/slurmctld.out" 2>&1; then
+    show_logs
+    die "slurmctld failed to start"
+fi
+# -N: the node is called localhost in slurm.conf, which is not this machine's hostname.
+if ! slurmd -f "$CONF" -N localhost >"$STATE_DIR/log/slurmd.out" 2>&1; then
+    show_logs
+    die "slurmd failed to start"
+fi
+
+start=$SECONDS
+state=""
+while ((SECONDS - start < START_TIMEOUT)); do
+    state="$(node_state)"
+    [[ "$state" == idle ]] && break
+    sleep 0.5
+done
+if [[ "$state" != idle ]]; then
+    show_logs
+    die "node not idle after ${START_TIMEOUT}s (sinfo says '${state:-nothing}'). Stop with: bash $HERE/slurm-down.sh"
+fi
+
+cat >"$STATE_DIR/env.sh" <<ENV
+# Generated by launch/slurm-up.sh: source this to use the local cluster (sinfo, sbatch, submitit, hydra).
+export SLURM_CONF=$CONF
+export DPO_SWEEPS_SLURM_DIR=$STATE_DIR
+ENV
+log "cluster up (node idle after $((SECONDS - start))s): slurmctld pid $(pid_from "$STATE_DIR/run/slurmctld.pid"), slurmd pid $(pid_from "$STATE_DIR/run/slurmd.pid")"
+sinfo
+log "use it with: source $STATE_DIR/env.sh"

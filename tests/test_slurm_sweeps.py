@@ -98,6 +98,10 @@ def test_usr2_mid_training_saves_requeues_resumes_and_matches_an_uninterrupted_r
     assert metrics["global_step"] == 80
     ref, got = _losses(ref_dir), _losses(run_dir)
     assert sorted(got) == sorted(ref) == list(range(5, 81, 5))
+    resumed = metrics["resumed_from_step"]
+    # HF logs the mean loss since the previous log; the first log after a mid-interval resume averages fewer steps.
+    partial = resumed - resumed % 5 + 5 if resumed % 5 else None
     for step in ref:
-        assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-6), step
+        if step != partial:
+            assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-6), step
     assert metrics["eval_loss"] == pytest.approx(read_json(ref_dir / "metrics.json")["eval_loss"], rel=1e-4)

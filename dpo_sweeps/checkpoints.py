@@ -62,7 +62,7 @@ def prune(ckpt_root: Path, keep: int | None) -> None:
     if not done:
         return
     newest = _step(done[-1])
-    doomed = done[: -keep] if keep else []
+    doomed = done[:-keep] if keep else []
     doomed += [p for p in Path(ckpt_root).glob(f"{PREFIX}*") if p.is_dir() and not is_complete(p) and _step(p) < newest]
     for path in doomed:
         # Marker first: if we are killed mid-delete, the folder is already not a resume candidate.

@@ -171,7 +171,11 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=models.tokenizer,
-        callbacks=[HistoryCallback(run_dir), NonFiniteLossGuard(), *cluster.training_callbacks(cfg.training.save_total_limit)],
+        callbacks=[
+            HistoryCallback(run_dir),
+            NonFiniteLossGuard(),
+            *cluster.training_callbacks(cfg.training.save_total_limit),
+        ],
     )
     resume_from = last_checkpoint(run_dir)
     metrics: dict[str, Any] = {}

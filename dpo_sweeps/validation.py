@@ -206,7 +206,9 @@ def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
 def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
     t = cfg.training
     if t.fsdp and t.use_cpu:
-        problems.append(f"training.fsdp='{t.fsdp}' with training.use_cpu=true: FSDP shards over GPUs. Fix: training.fsdp=''.")
+        problems.append(
+            f"training.fsdp='{t.fsdp}' with training.use_cpu=true: FSDP shards over GPUs. Fix: training.fsdp=''."
+        )
     if t.fsdp and cfg.quantization.mode != "none":
         problems.append(
             f"training.fsdp='{t.fsdp}' with quantization={cfg.quantization.mode}: bitsandbytes weights are not sharded "

@@ -19,7 +19,9 @@ POINT = ["model=tiny_qwen", *TINY]
 
 def test_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *POINT, "beta=0.1,0", "loss.label_smoothing=0.0,0.7", f"hydra.sweep.dir={sweep}"], check=False)
+    proc = run_cli(
+        ["-m", *POINT, "beta=0.1,0", "loss.label_smoothing=0.0,0.7", f"hydra.sweep.dir={sweep}"], check=False
+    )
     assert proc.returncode == 1
     err = proc.stderr
     assert "3 of 4 sweep point(s) have config problems" in err
@@ -33,8 +35,15 @@ def test_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
 def test_dry_run_prints_the_slurm_job_grid_and_submits_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", "hydra/launcher=slurm", *POINT, "beta=0.1,0.3", "hydra.launcher.partition=gpu", "dry_run=true",
-         f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            *POINT,
+            "beta=0.1,0.3",
+            "hydra.launcher.partition=gpu",
+            "dry_run=true",
+            f"hydra.sweep.dir={sweep}",
+        ],
         env={"SLURM_CONF": "/nonexistent/slurm.conf"},  # proves no SLURM command is needed
     )
     out = proc.stdout
@@ -129,8 +138,14 @@ def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_complet
     process of its own). The summary names both and the exit status is 1. A rerun of the same sweep (basic launcher)
     skips the completed point without touching its files and fails the bad one again."""
     sweep = tmp_path / "sweep"
-    args = ["-m", *POINT, "training.max_steps=6", "training.save_model=false", "dataset.columns.chosen=chosen,nope",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *POINT,
+        "training.max_steps=6",
+        "training.save_model=false",
+        "dataset.columns.chosen=chosen,nope",
+        f"hydra.sweep.dir={sweep}",
+    ]
     first = run_cli([*args, "hydra/launcher=submitit_local"], check=False)
     assert first.returncode == 1, first.stderr[-3000:]
     (good,) = sweep.glob("dataset.columns.chosen=chosen,*")
@@ -158,14 +173,25 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_killed_local_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path, tiny_model_paths):
-    common = [*POINT, "training.max_steps=60", "training.save_steps=10", "training.logging_steps=5",
-              "training.eval_before_training=false", "training.save_model=false"]
+    common = [
+        *POINT,
+        "training.max_steps=60",
+        "training.save_steps=10",
+        "training.logging_steps=5",
+        "training.eval_before_training=false",
+        "training.save_model=false",
+    ]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     run_cli([*common, f"hydra.run.dir={ref_dir}"])
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpo_sweeps", *common, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *common, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while checkpoints.last_complete(run_dir / "checkpoints") is None:

@@ -32,12 +32,22 @@ def _files_containing(folder: Path, needle: str) -> list[Path]:
 
 
 def test_two_task_job_trains_with_ddp_writes_one_set_of_outputs_and_leaks_no_secret(
-    slurm_cluster, tmp_path, tiny_model_paths
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
 ):
     sweep = tmp_path / "sweep"
     run_cli(
-        ["-m", "model=tiny_qwen", *TINY, *LOCAL_SLURM, "hydra.launcher.tasks_per_node=2", "training.max_steps=6",
-         "training.logging_steps=1", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            "model=tiny_qwen",
+            *TINY,
+            *LOCAL_SLURM,
+            "hydra.launcher.tasks_per_node=2",
+            "training.max_steps=6",
+            "training.logging_steps=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
         env={"WANDB_API_KEY": SECRET},
         timeout=300,
     )
@@ -59,15 +69,28 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_usr2_mid_training_saves_requeues_resumes_and_matches_an_uninterrupted_run(
-    slurm_cluster, tmp_path, tiny_model_paths
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
 ):
-    common = ["model=tiny_qwen", *TINY, "training.max_steps=80", "training.save_steps=40", "training.logging_steps=5",
-              "training.eval_before_training=false", "training.save_model=false"]
+    common = [
+        "model=tiny_qwen",
+        *TINY,
+        "training.max_steps=80",
+        "training.save_steps=40",
+        "training.logging_steps=5",
+        "training.eval_before_training=false",
+        "training.save_model=false",
+    ]
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dpo_sweeps", "-m", *common, *LOCAL_SLURM, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     ref_dir = tmp_path / "ref"
     try:

@@ -152,6 +152,11 @@ class TrainingConfig:
     max_new_tokens: int = 48
     # Torch threads per run on CPU; null = torch's default.
     cpu_threads: int | None = None
+    # FSDP (several GPUs, full-parameter DPO of big models): HF TrainingArguments' `fsdp`, e.g.
+    # "full_shard auto_wrap"; "" = off (plain DDP when a job has several tasks).
+    fsdp: str = ""
+    # HF's fsdp_config dict, e.g. {transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}; null = HF's defaults.
+    fsdp_config: dict[str, Any] | None = None
 
 
 @dataclass

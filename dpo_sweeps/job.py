@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import run_folder, search, tracking
+from dpo_sweeps import cluster, run_folder, search, tracking
 from dpo_sweeps.validation import validate
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ def run_sweep_point(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
+    # Several SLURM tasks = torch.distributed ranks; only rank 0 writes the run folder.
+    dist = cluster.setup_distributed()
+    update_status = run_folder.update_status if cluster.is_main_process() else (lambda *a, **k: {})
+    cluster.install_preemption_handler(run_dir, cfg.resume.max_requeues)
 
     status = run_folder.read_status(run_dir) or {}
     if status.get("state") == run_folder.COMPLETED:
@@ -53,9 +57,12 @@ def run_sweep_point(cfg: DictConfig) -> float:
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}
 
-    run_folder.update_status(
+    update_status(
         run_dir,
         state=run_folder.RUNNING,
+        world_size=dist["world_size"],
+        # Names only, never values: shows which tokens reached the job through the environment.
+        secrets_present=cluster.secrets_present(),
         started_at=run_folder.now_iso(),
         ended_at=None,
         host=run_folder.host(),
@@ -68,17 +75,19 @@ def run_sweep_point(cfg: DictConfig) -> float:
     )
     try:
         validate(cfg)
-        run_folder.write_text_atomic(run_dir / run_folder.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        if cluster.is_main_process():
+            run_folder.write_text_atomic(run_dir / run_folder.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         from dpo_sweeps.train import run_training
 
         metrics = run_training(cfg, run_dir)
-        run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
-        from dpo_sweeps.model_card import write_model_card
+        if cluster.is_main_process():
+            run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
+            from dpo_sweeps.model_card import write_model_card
 
-        write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
+            write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
     except Exception as exc:
         tracking.finish_active(exit_code=1)
-        run_folder.update_status(
+        update_status(
             run_dir,
             state=run_folder.FAILED,
             ended_at=run_folder.now_iso(),
@@ -90,5 +99,5 @@ def run_sweep_point(cfg: DictConfig) -> float:
             raise
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
         return math.nan
-    run_folder.update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
+    update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
     return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from dpo_sweeps import run_folder, tracking
+from dpo_sweeps import checkpoints, cluster, run_folder, tracking
 from dpo_sweeps.data import load_preference_data
 from dpo_sweeps.models import load_models, resolve_dtype, uses_gpu
 
@@ -103,7 +103,14 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         "eval_steps": t.eval_steps,
         "save_strategy": "steps",
         "save_steps": t.save_steps,
-        "save_total_limit": t.save_total_limit,
+        # Rotation is ours (checkpoints.CheckpointCommit): HF's deletes file by file and can leave a half-deleted
+        # checkpoint that looks complete to a resuming job.
+        "save_total_limit": None,
+        # FSDP for full-parameter DPO of large models over several GPUs ("full_shard auto_wrap"); "" = off.
+        "fsdp": t.fsdp or None,
+        "fsdp_config": OmegaConf.to_container(t.fsdp_config, resolve=True) if t.fsdp_config else None,
+        # torch.distributed on CPU (tests, the local SLURM cluster) needs gloo; GPUs get accelerate's default (nccl).
+        "ddp_backend": "gloo" if cluster.distributed() and (t.use_cpu or not torch.cuda.is_available()) else None,
         "dataloader_num_workers": t.dataloader_num_workers,
         "use_cpu": t.use_cpu or not torch.cuda.is_available(),
         "seed": cfg.seed,
@@ -117,14 +124,8 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    """The newest complete checkpoint (HF's Trainer writes `trainer_state.json` last)."""
-    ckpt_root = run_dir / CHECKPOINT_DIR
-    if not ckpt_root.is_dir():
-        return None
-    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    if not done:
-        return None
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1])))
+    """The newest complete checkpoint (one with the COMPLETE marker, see checkpoints.py)."""
+    return checkpoints.last_complete(run_dir / CHECKPOINT_DIR)
 
 
 def _eval_metrics(trainer, prefix: str) -> dict[str, float]:
@@ -133,20 +134,22 @@ def _eval_metrics(trainer, prefix: str) -> dict[str, float]:
 
 
 def save_outputs(cfg: DictConfig, trainer, tokenizer, run_dir: Path) -> dict[str, str]:
-    """Save the adapter (LoRA) or model (full), with the tokenizer; optionally the merged model. Returns paths."""
+    """Save the adapter (LoRA) or model (full), with the tokenizer; optionally the merged model. Returns paths.
+
+    Called on every rank: Trainer.save_model gathers FSDP/DeepSpeed shards collectively and writes on rank 0 only."""
     if not cfg.training.save_model:
         return {}
-    model = trainer.model
-    saved: dict[str, str] = {}
-    target = run_dir / ("adapter" if cfg.lora.enabled else "model")
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    saved["adapter" if cfg.lora.enabled else "model"] = str(target)
+    kind = "adapter" if cfg.lora.enabled else "model"
+    target = run_dir / kind
+    trainer.save_model(str(target))  # saves the processing class (tokenizer) alongside
+    if not trainer.is_world_process_zero():
+        return {}
+    saved = {kind: str(target)}
     if cfg.lora.enabled and cfg.training.save_merged:
         quantized = cfg.quantization.mode != "none" or cfg.model.prequantized
         if quantized:
             log.warning("training.save_merged=true with quantized weights: merging into 4/8-bit weights is lossy.")
-        merged = model.merge_and_unload()
+        merged = trainer.model.merge_and_unload()
         merged.save_pretrained(run_dir / "merged")
         tokenizer.save_pretrained(run_dir / "merged")
         saved["merged"] = str(run_dir / "merged")
@@ -172,27 +175,38 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=models.tokenizer,
-        callbacks=[HistoryCallback(run_dir), NonFiniteLossGuard(), tracking.make_callback(tracker)],
+        callbacks=[
+            HistoryCallback(run_dir),
+            NonFiniteLossGuard(),
+            tracking.make_callback(tracker),
+            *cluster.training_callbacks(cfg.training.save_total_limit),
+        ],
     )
     resume_from = last_checkpoint(run_dir)
     metrics: dict[str, Any] = {}
     if resume_from:
         log.info("Resuming from %s", resume_from)
         step = int(resume_from.rsplit("-", 1)[-1])
-        run_folder.truncate_history_after(run_dir, step)
+        if trainer.is_world_process_zero():
+            run_folder.truncate_history_after(run_dir, step)
         previous = run_folder.read_json(run_dir / "initial_metrics.json") or {}
         metrics.update(previous)
+        metrics["resumed_from_step"] = step
     elif cfg.training.eval_before_training:
         metrics.update(_eval_metrics(trainer, "initial_eval"))
-        run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
+        if trainer.is_world_process_zero():
+            run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    cluster.after_train()  # stopped for a preemption: requeue now (does not return)
     metrics.update({k: v for k, v in train_result.metrics.items()})
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
-    from dpo_sweeps.samples import generate_samples
+    if trainer.is_world_process_zero():
+        from dpo_sweeps.samples import generate_samples
 
-    tracker.log_samples(generate_samples(cfg, trainer.model, models.reference, models.tokenizer, data.eval, run_dir))
+        samples = generate_samples(cfg, trainer.model, models.reference, models.tokenizer, data.eval, run_dir)
+        tracker.log_samples(samples)
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric

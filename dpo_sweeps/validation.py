@@ -209,6 +209,19 @@ def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"resume.max_requeues={cfg.resume.max_requeues}: must be >= 0.")
 
 
+def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
+    t = cfg.training
+    if t.fsdp and t.use_cpu:
+        problems.append(
+            f"training.fsdp='{t.fsdp}' with training.use_cpu=true: FSDP shards over GPUs. Fix: training.fsdp=''."
+        )
+    if t.fsdp and cfg.quantization.mode != "none":
+        problems.append(
+            f"training.fsdp='{t.fsdp}' with quantization={cfg.quantization.mode}: bitsandbytes weights are not sharded "
+            "by FSDP here. Fix: training.fsdp='' (DDP), or quantization=none for full-parameter FSDP."
+        )
+
+
 def reference_needed(cfg: DictConfig) -> bool:
     """Whether the loss reads reference log-probs at all. Every TRL 1.16 DPO loss does, except plain `sft`."""
     types = {cfg.loss.type, *cfg.loss.extra_types}
@@ -224,6 +237,7 @@ CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
     _check_dataset,
     _check_logger,
     _check_objective,
+    _check_distributed,
 )
 
 

@@ -1,0 +1,156 @@
+"""Before a sweep runs or is submitted: compose and validate every point; `dry_run=true` prints the job grid.
+
+Hydra's basic sweeper only checks that each point composes, and then launches; a 32-job SLURM sweep with one bad
+point would run 31 jobs and fail the 32nd hours later. `check_sweep` (called from the `SweepSummary` callback's
+`on_multirun_start`, in the submitting process, before the sweeper launches anything) expands the sweep the way the
+basic sweeper does, composes each point with Hydra's own `load_sweep_config`, runs `validation.find_problems` on it,
+and raises one error naming every bad point by its overrides.
+
+Why a callback and not a custom sweeper: Hydra only instantiates sweepers from the `hydra_plugins` namespace
+package, which would add a top-level package next to `dpo_sweeps`; a callback also keeps working under other
+sweepers (the Optuna sweeper: its points do not exist before it runs, so there the base config is validated).
+
+Import-light: Hydra and our validation only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_sweeps import run_folder
+from dpo_sweeps.validation import ConfigError, find_problems
+
+log = logging.getLogger(__name__)
+
+POINTS_FILE = "sweep_points.json"
+# Launcher keys worth showing in the grid, in this order (whichever the launcher has).
+RESOURCE_KEYS = (
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "nodes",
+    "tasks_per_node",
+    "gpus_per_node",
+    "cpus_per_task",
+    "cpus_per_gpu",
+    "mem_gb",
+    "mem_per_gpu",
+    "timeout_min",
+    "array_parallelism",
+    "max_num_timeout",
+    "signal_delay_s",
+)
+
+
+class SweepValidationError(ConfigError):
+    """Problems in one or more sweep points; nothing was run or submitted."""
+
+    def __init__(self, bad: list[tuple[list[str], list[str]]], total: int):
+        self.bad = bad
+        blocks = []
+        for overrides, problems in bad:
+            lines = "\n".join(f"    - {p}" for p in problems)
+            blocks.append(f"  point [{' '.join(overrides)}]:\n{lines}")
+        ValueError.__init__(
+            self,
+            f"{len(bad)} of {total} sweep point(s) have config problems; nothing was run or submitted:\n"
+            + "\n".join(blocks),
+        )
+        self.problems = [p for _, ps in bad for p in ps]
+
+
+def _uses_basic_sweeper(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
+def expand(config: DictConfig, config_loader) -> list[list[str]]:
+    """The points the basic sweeper will launch, in its order: `hydra.sweeper.params` then the command line."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    parser = OverridesParser.create(config_loader=config_loader)
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    return [list(point) for batch in batches for point in batch]
+
+
+def resources(config: DictConfig) -> dict[str, Any]:
+    """What each job asks the launcher for (nothing for the basic, in-process launcher)."""
+    launcher = config.hydra.launcher
+    shown = {k: launcher[k] for k in RESOURCE_KEYS if k in launcher and launcher[k] is not None}
+    extra = launcher.get("additional_parameters")
+    if extra:
+        shown["additional_parameters"] = OmegaConf.to_container(extra, resolve=True)
+    return shown
+
+
+def format_grid(points: list[dict], config: DictConfig) -> str:
+    target = str(config.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1]
+    lines = [f"Sweep: {len(points)} point(s), launcher {target}, sweep folder {config.hydra.sweep.dir}"]
+    res = resources(config)
+    if res:
+        lines.append("Resources per job: " + ", ".join(f"{k}={v}" for k, v in res.items()))
+    for i, p in enumerate(points):
+        note = f"  [{p['state']}: will be skipped]" if p["skip"] else ""
+        lines.append(f"  #{i:<3} {' '.join(p['overrides']) or '(no overrides)'}{note}")
+        lines.append(f"        -> {p['run_dir']}")
+    return "\n".join(lines)
+
+
+def check_sweep(config: DictConfig) -> list[dict]:
+    """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points."""
+    loader = GlobalHydra.instance().config_loader()
+    if not _uses_basic_sweeper(config):
+        problems = find_problems(config)
+        if problems:
+            raise SweepValidationError([(["<base config>"], problems)], 1)
+        return []
+    tic = time.perf_counter()
+    points, bad = [], []
+    all_points = expand(config, loader)
+    for overrides in all_points:
+        cfg = loader.load_sweep_config(config, overrides)
+        problems = find_problems(cfg)
+        if problems:
+            bad.append((overrides, problems))
+        run_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+        state = (run_folder.read_status(run_dir) or {}).get("state")
+        points.append(
+            {"overrides": overrides, "run_dir": run_dir, "state": state, "skip": state == "completed" and not cfg.rerun}
+        )
+    log.info("Composed and validated %d sweep point(s) in %.2f s", len(points), time.perf_counter() - tic)
+    if bad:
+        raise SweepValidationError(bad, len(all_points))
+    return points
+
+
+def preflight(config: DictConfig) -> None:
+    """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points."""
+    try:
+        points = check_sweep(config)
+    except SweepValidationError as err:
+        # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
+        raise SystemExit(f"Error: {err}") from None
+    if config.get("dry_run"):
+        print(format_grid(points, config), flush=True)
+        print("dry_run=true: nothing was run or submitted.", flush=True)
+        raise SystemExit(0)
+    if points:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        run_folder.write_json_atomic(sweep_dir / POINTS_FILE, points)
+
+
+def load_points(sweep_dir: Path) -> list[dict] | None:
+    try:
+        return json.loads((Path(sweep_dir) / POINTS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None

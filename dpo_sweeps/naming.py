@@ -80,9 +80,9 @@ def sweep_dirname(name: str | None, overrides: list[str] | None, job_num: int | 
 
 def sweep_subdirname(overrides: list[str] | None) -> str:
     """A point's folder inside its sweep: the overrides that vary across the sweep (`beta=0.1`), the shared ones
-    being in the sweep folder's name already."""
-    fixed = set(json.loads(os.environ.get(SWEEP_ENV) or "{}").get("fixed", []))
-    return run_dirname([o for o in (overrides or []) if o not in fixed])
+    being in the sweep folder's name already. Compared by key: Hydra re-renders values in the jobs (false -> False)."""
+    fixed = {_key(o) for o in json.loads(os.environ.get(SWEEP_ENV) or "{}").get("fixed", [])}
+    return run_dirname([o for o in (overrides or []) if _key(o) not in fixed])
 
 
 def register_resolvers() -> None:

@@ -79,9 +79,10 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_trial_does_not_end_the_search(tmp_path):
-    """One trial fails validation (beta=-1): Optuna records it as failed and the search completes with the other."""
+    """One trial fails validation (beta=-1): Optuna records it as failed and the search completes with the other;
+    like any sweep with a failed point, the command then exits 1 after its summary."""
     sweep_dir = tmp_path / "search"
-    run_cli(
+    proc = run_cli(
         [
             "-m",
             "hparams_search=dpo_optuna",
@@ -92,8 +93,10 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path):
             "loss=sigmoid",
             "training.learning_rate=0.005",
             f"hydra.sweep.dir={sweep_dir}",
-        ]
+        ],
+        check=False,
     )
+    assert proc.returncode == 1 and "Sweep summary: 1 completed, 1 failed" in proc.stdout
     states = {p.name: read_json(p / run_folder.STATUS_FILE) for p in run_dirs(sweep_dir)}
     failed = [s for name, s in states.items() if "beta=-1.0" in name]
     assert len(states) == 2 and failed[0]["state"] == run_folder.FAILED and "beta=-1.0" in failed[0]["error"]

@@ -3,7 +3,7 @@
     run      = the sweep point; its id is stored in the run folder (`wandb_run_id`), so a requeued or resumed job
                continues the same W&B run (resume="allow"); `rerun=true` moves the file aside and starts a new one.
     group    = the sweep (config `name`, else the sweep folder; a single run is its own group)
-    name     = the point's overrides (`naming.run_dirname`), the same string as its folder
+    name     = the run folder's name: the point's overrides that vary across its sweep (`beta=0.1`)
     job_type = dpo-lora / dpo-qlora / dpo-full;  tags = the chosen group options (model:..., loss:..., ...)
     config   = the resolved config + overrides, group choices, package versions, git commit
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import naming, run_folder
+from dpo_sweeps import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,8 @@ def run_identity(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> R
         project=cfg.logger.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
         entity=cfg.logger.entity or os.environ.get("WANDB_ENTITY") or None,
         group=group,
-        name=naming.run_dirname(overrides),
+        # The run folder's name: the point's overrides that vary across its sweep (all of them for a single run).
+        name=run_dir.name,
         job_type=job_type(cfg),
         tags=list(dict.fromkeys(tags)),
         config=config,

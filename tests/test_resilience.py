@@ -15,6 +15,7 @@ from dpo_sweeps import checkpoints, cluster, run_folder
 from tests.helpers import REPO, TINY, compose_config, read_json, run_cli
 
 POINT = ["model=tiny_qwen", *TINY]
+FINANCE = REPO / "tests" / "fixtures" / "datasets" / "finance" / "finance_prefs.jsonl"
 
 
 def test_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
@@ -51,8 +52,8 @@ def test_dry_run_prints_the_slurm_job_grid_and_submits_nothing(tmp_path):
     assert "partition=gpu" in out and "timeout_min=240" in out and "signal_delay_s=300" in out
     for beta in ("0.1", "0.3"):
         assert f"beta={beta}" in out
-        assert f"-> {sweep}/beta={beta},dataset=toy,logger=none" not in out  # logger is not part of a folder name
-        assert f"-> {sweep}/beta={beta},dataset=toy,model=tiny_qwen,training=smoke" in out
+        # A point's folder is named by what varies across the sweep; the shared overrides name the sweep folder.
+        assert f"-> {sweep}/beta={beta}\n" in out
     assert "nothing was run or submitted" in out
     assert not sweep.exists()
 
@@ -134,7 +135,7 @@ def test_requeues_are_bounded(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_completed(tmp_path, tiny_model_paths):
-    """One point fails (a column that does not exist); the other completes, under the submitit launcher (each point a
+    """One point fails (a data file that does not exist); the other completes, under the submitit launcher (each point a
     process of its own). The summary names both and the exit status is 1. A rerun of the same sweep (basic launcher)
     skips the completed point without touching its files and fails the bad one again."""
     sweep = tmp_path / "sweep"
@@ -143,16 +144,18 @@ def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_complet
         *POINT,
         "training.max_steps=6",
         "training.save_model=false",
-        "dataset.columns.chosen=chosen,nope",
+        "dataset=local",
+        "dataset.to_conversational=true",
+        f"dataset.path={FINANCE},{tmp_path / 'missing.jsonl'}",
         f"hydra.sweep.dir={sweep}",
     ]
     first = run_cli([*args, "hydra/launcher=submitit_local"], check=False)
     assert first.returncode == 1, first.stderr[-3000:]
-    (good,) = sweep.glob("dataset.columns.chosen=chosen,*")
-    (bad,) = sweep.glob("dataset.columns.chosen=nope,*")
+    (good,) = sweep.glob("dataset.path=*finance_prefs.jsonl")
+    (bad,) = sweep.glob("dataset.path=*missing.jsonl")
     assert read_json(good / "status.json")["state"] == "completed"
     bad_status = read_json(bad / "status.json")
-    assert bad_status["state"] == "failed" and "['nope'] not found" in bad_status["error"]
+    assert bad_status["state"] == "failed" and "missing.jsonl" in bad_status["error"]
     assert "Traceback" in bad_status["traceback"]
     assert "Sweep summary: 1 completed, 1 failed" in first.stdout
     assert f"completed {good}" in first.stdout and f"failed    {bad}" in first.stdout

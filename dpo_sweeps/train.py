@@ -154,16 +154,18 @@ def save_outputs(cfg: DictConfig, trainer, tokenizer, run_dir: Path) -> dict[str
 
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import set_seed
-    from trl import DPOTrainer
+
+    from dpo_sweeps import ref_cache
 
     started = time.time()
     if cfg.training.cpu_threads:
         torch.set_num_threads(cfg.training.cpu_threads)
     set_seed(cfg.seed)
-    models = load_models(cfg)
+    trainer_cls, ref_info, ref_args = ref_cache.prepare(cfg)
+    models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
     data = load_preference_data(cfg, models.tokenizer)
-    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg))
-    trainer = DPOTrainer(
+    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg), **ref_args)
+    trainer = trainer_cls(
         model=models.policy,
         ref_model=models.reference,
         args=args,
@@ -188,6 +190,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
+    metrics.update(ref_info.metrics())
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric

@@ -96,13 +96,13 @@ def local_weights_fingerprint(folder: str | os.PathLike, content_max_bytes: int 
     return h.hexdigest()
 
 
-def hub_commit(repo_id: str, revision: str | None) -> str | None:
+def hub_commit(repo_id: str, revision: str | None, cache_dir: str | None = None) -> str | None:
     """The commit hash of the snapshot `from_pretrained` resolved `repo_id@revision` to, from the local hub cache."""
     if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
     from huggingface_hub import try_to_load_from_cache
 
-    path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
     # The hub cache lays files out as .../snapshots/<commit>/config.json.
     return Path(path).parent.name if isinstance(path, str) else None
 
@@ -155,12 +155,14 @@ def rows_digest(dataset) -> str:
     """sha256 of the split's token ids (row order included), read column-wise from Arrow: seconds for 100k rows."""
     h = hashlib.sha256(f"rows={len(dataset)}".encode())
     for col in ROW_COLUMNS:
-        h.update(col.encode())
+        # Lengths and flattened values in two streams: the digest pins the ragged rows exactly and does not depend
+        # on how Arrow happens to chunk or offset the column.
+        lengths, values = hashlib.sha256(), hashlib.sha256()
         for table in dataset.select_columns([col]).with_format("arrow").iter(batch_size=8192):
             for chunk in table.column(col).chunks:
-                # Lengths + flattened values pin the ragged rows exactly, independent of Arrow's buffer offsets.
-                h.update(np.asarray(chunk.value_lengths(), dtype=np.int64).tobytes())
-                h.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+                lengths.update(np.asarray(chunk.value_lengths(), dtype=np.int64).tobytes())
+                values.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+        h.update(f"{col}:{lengths.hexdigest()}:{values.hexdigest()}".encode())
     return h.hexdigest()
 
 

@@ -389,3 +389,12 @@ def test_sweep_records_computed_then_hit(tiny_model_paths, tmp_path):
     )
     states = [read_json(d / "metrics.json")["ref_cache"] for d in run_dirs(sweep)]
     assert sorted(states) == [COMPUTED, HIT, HIT]
+
+
+def test_validation_names_bad_ref_cache_settings():
+    from dpo_sweeps.validation import find_problems
+
+    problems = find_problems(compose_config([*BASE, "ref_cache.dir=''", "ref_cache.lock_timeout_s=-1"]))
+    assert any(p.startswith("ref_cache.dir is empty") for p in problems)
+    assert any(p.startswith("ref_cache.lock_timeout_s=-1") for p in problems)
+    assert not [p for p in find_problems(compose_config(BASE)) if "ref_cache" in p]

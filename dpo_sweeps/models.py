@@ -150,7 +150,8 @@ def lora_config(cfg: DictConfig):
     )
 
 
-def load_models(cfg: DictConfig) -> LoadedModels:
+def load_models(cfg: DictConfig, load_reference: bool = True) -> LoadedModels:
+    """`load_reference=False`: no frozen copy for full DPO (the reference cache supplies its log-probs)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     dtype = resolve_dtype(cfg.model.dtype, cfg)
@@ -170,7 +171,7 @@ def load_models(cfg: DictConfig) -> LoadedModels:
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         policy = get_peft_model(policy, lora_config(cfg))
-    else:
+    elif load_reference:
         reference = _load_causal_lm(cfg, dtype, None)
         reference.config.pad_token_id = tokenizer.pad_token_id
         reference.eval().requires_grad_(False)

@@ -1,16 +1,15 @@
 """Sample completions for held-out prompts, from the reference and from the trained policy, side by side.
 
 Metrics say that DPO moved the rewards; reading a few completions says what it changed. Greedy decoding, one prompt
-at a time (no padding effects), so the same run gives the same samples. The reference is the policy with its LoRA
-adapter disabled, or the frozen reference model in full DPO. Written to samples.jsonl in the run folder and logged as
-a W&B table (see tracking.py). Imported inside the job only (torch).
+at a time (no padding effects), so the same run gives the same samples. The reference's completions are taken from
+the policy before training (see `reference_completions`). Written to samples.jsonl in the run folder and logged as a
+W&B table (see tracking.py). Imported inside the job only (torch).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -66,47 +65,49 @@ def greedy_completion(model, tokenizer, input_ids: torch.Tensor, max_new_tokens:
     return tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
-def _reference(cfg: DictConfig, policy, reference):
-    """(model, context factory) that generates as the reference: the adapter-disabled policy, or the reference."""
-    if cfg.lora.enabled:
-        return policy, policy.disable_adapter
-    return reference, nullcontext
+def _completions(cfg: DictConfig, model, tokenizer, rows) -> list[str]:
+    was_training = model.training
+    model.eval()
+    try:
+        return [
+            greedy_completion(model, tokenizer, prompt_ids(cfg, tokenizer, row["prompt"]), cfg.training.max_new_tokens)
+            for row in rows
+        ]
+    finally:
+        model.train(was_training)
+
+
+def _sample_rows(cfg: DictConfig, eval_dataset):
+    return eval_dataset.select(range(min(cfg.training.sample_completions, len(eval_dataset))))
+
+
+def reference_completions(cfg: DictConfig, policy, tokenizer, eval_dataset) -> list[str]:
+    """Call before training: the untrained policy *is* the reference (LoRA starts as a no-op, full DPO from the base
+    weights, and a resumed run loads its checkpoint only inside `train()`), so no second model is needed; with the
+    reference cache, full DPO keeps none in memory."""
+    return _completions(cfg, policy, tokenizer, _sample_rows(cfg, eval_dataset))
 
 
 def generate_samples(
-    cfg: DictConfig, policy, reference, tokenizer, eval_dataset, run_dir: Path | None = None
+    cfg: DictConfig, policy, tokenizer, eval_dataset, reference_texts: list[str], run_dir: Path | None = None
 ) -> list[dict[str, Any]]:
-    """Completions for the first `training.sample_completions` held-out prompts; written to samples.jsonl."""
-    n = min(cfg.training.sample_completions, len(eval_dataset))
-    if n <= 0:
+    """Completions of the trained policy for the first `training.sample_completions` held-out prompts, next to the
+    reference's (from `reference_completions`); written to samples.jsonl."""
+    rows = _sample_rows(cfg, eval_dataset)
+    if len(rows) == 0:
         return []
-    rows = eval_dataset.select(range(n))
-    ref_model, ref_context = _reference(cfg, policy, reference)
-    if ref_model is None:
-        log.warning("No reference model to sample from (full DPO without one): samples hold the policy only.")
-    was_training = policy.training
-    policy.eval()
-    samples = []
-    try:
-        for i, row in enumerate(rows):
-            ids = prompt_ids(cfg, tokenizer, row["prompt"])
-            policy_text = greedy_completion(policy, tokenizer, ids, cfg.training.max_new_tokens)
-            ref_text = None
-            if ref_model is not None:
-                with ref_context():
-                    ref_text = greedy_completion(ref_model, tokenizer, ids, cfg.training.max_new_tokens)
-            samples.append(
-                {
-                    "index": i,
-                    "prompt": _as_text(row["prompt"]),
-                    "chosen": _as_text(row["chosen"]),
-                    "rejected": _as_text(row["rejected"]),
-                    "reference": ref_text,
-                    "policy": policy_text,
-                }
-            )
-    finally:
-        policy.train(was_training)
+    policy_texts = _completions(cfg, policy, tokenizer, rows)
+    samples = [
+        {
+            "index": i,
+            "prompt": _as_text(row["prompt"]),
+            "chosen": _as_text(row["chosen"]),
+            "rejected": _as_text(row["rejected"]),
+            "reference": ref_text,
+            "policy": policy_text,
+        }
+        for i, (row, ref_text, policy_text) in enumerate(zip(rows, reference_texts, policy_texts, strict=True))
+    ]
     if run_dir is not None:
         run_folder.write_text_atomic(
             Path(run_dir) / run_folder.SAMPLES_FILE, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)

@@ -158,17 +158,19 @@ def save_outputs(cfg: DictConfig, trainer, tokenizer, run_dir: Path) -> dict[str
 
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import set_seed
-    from trl import DPOTrainer
+
+    from dpo_sweeps import ref_cache
 
     started = time.time()
     if cfg.training.cpu_threads:
         torch.set_num_threads(cfg.training.cpu_threads)
     set_seed(cfg.seed)
-    models = load_models(cfg)
+    trainer_cls, ref_info, ref_args = ref_cache.prepare(cfg)
+    models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
     data = load_preference_data(cfg, models.tokenizer)
-    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg))
+    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg), **ref_args)
     tracker = tracking.start(cfg, run_dir)
-    trainer = DPOTrainer(
+    trainer = trainer_cls(
         model=models.policy,
         ref_model=models.reference,
         args=args,
@@ -196,17 +198,23 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics.update(_eval_metrics(trainer, "initial_eval"))
         if trainer.is_world_process_zero():
             run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
+    from dpo_sweeps import samples
+
+    sample_as_reference = trainer.is_world_process_zero() and cfg.training.sample_completions > 0
+    reference_texts = (
+        samples.reference_completions(cfg, trainer.model, models.tokenizer, data.eval) if sample_as_reference else []
+    )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     cluster.after_train()  # stopped for a preemption: requeue now (does not return)
     metrics.update({k: v for k, v in train_result.metrics.items()})
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
-    if trainer.is_world_process_zero():
-        from dpo_sweeps.samples import generate_samples
-
-        samples = generate_samples(cfg, trainer.model, models.reference, models.tokenizer, data.eval, run_dir)
-        tracker.log_samples(samples)
+    metrics.update(ref_info.metrics())
+    if sample_as_reference:
+        tracker.log_samples(
+            samples.generate_samples(cfg, trainer.model, models.tokenizer, data.eval, reference_texts, run_dir)
+        )
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric

@@ -222,6 +222,19 @@ def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
         )
 
 
+def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:
+    rc = cfg.ref_cache
+    if rc.enabled and not str(rc.dir).strip():
+        problems.append(
+            "ref_cache.dir is empty: give a folder all jobs of the sweep can write, or ref_cache.enabled=false."
+        )
+    if rc.lock_timeout_s < 0:
+        problems.append(
+            f"ref_cache.lock_timeout_s={rc.lock_timeout_s}: seconds to wait for another job computing the same "
+            "reference log-probs; must be >= 0 (0 = never wait)."
+        )
+
+
 def reference_needed(cfg: DictConfig) -> bool:
     """Whether the loss reads reference log-probs at all. Every TRL 1.16 DPO loss does, except plain `sft`."""
     types = {cfg.loss.type, *cfg.loss.extra_types}
@@ -238,6 +251,7 @@ CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
     _check_logger,
     _check_objective,
     _check_distributed,
+    _check_ref_cache,
 )
 
 

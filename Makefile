@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench slurm-up slurm-down clean
+.PHONY: help install demo test test-fast lint format bench bench-submit search-demo slurm-up slurm-down clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,16 @@ lint: install ## ruff check + format check
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
+	$(PY) -m dpo_sweeps.bench
+
+bench-submit: install ## Time submitting a 32-point sweep to the local SLURM cluster (after `make slurm-up`)
+	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench_submit --points 32
+
+search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)
+	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \
+		hydra.sweeper.n_trials=3 'training.learning_rate=tag(log, interval(1e-3, 1e-2))'
 
 slurm-up: ## Start the one-node SLURM cluster on localhost (root; installs slurm-wlm + munge if missing)
 	bash launch/slurm-up.sh

@@ -216,6 +216,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             samples.generate_samples(cfg, trainer.model, models.tokenizer, data.eval, reference_texts, run_dir)
         )
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
+    if torch.cuda.is_available() and not cfg.training.use_cpu:
+        # What a user sizes the next job by: the peak this process's GPU held over the whole run.
+        metrics["gpu/peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric
     metrics["objective_value"] = metrics.get(cfg.objective.metric)

@@ -42,7 +42,23 @@ CONFIGS = {
     "full, ref cache": ["lora=none"],
 }
 WARMUP = 5
-WORDS = "the model answers questions about markets risk budgets style colours seasons with care and detail".split()
+WORDS = [
+    "the",
+    "model",
+    "answers",
+    "questions",
+    "about",
+    "markets",
+    "risk",
+    "budgets",
+    "style",
+    "colours",
+    "seasons",
+    "with",
+    "care",
+    "and",
+    "detail",
+]
 
 
 def build_model(dest: Path) -> None:

@@ -61,36 +61,29 @@ def dataset_id(cfg: DictConfig) -> str:
 
 def schema_defaults() -> dict[str, Any]:
     """The value each `hyperparameters()` key takes with no override at all (the dataclass schema's defaults)."""
+    from omegaconf import OmegaConf
+
     from dpo_sweeps.config_schema import (
         DatasetConfig,
         DpoSweepsConfig,
+        LoggerConfig,
         LoraConfig,
         LossConfig,
+        ModelConfig,
         QuantizationConfig,
         TrainingConfig,
     )
 
-    t, lora, loss = TrainingConfig(), LoraConfig(), LossConfig()
-    return {
-        "beta": DpoSweepsConfig.beta,
-        "loss_type": loss.type,
-        "label_smoothing": loss.label_smoothing,
-        "learning_rate": t.learning_rate,
-        "lr_scheduler_type": t.lr_scheduler_type,
-        "warmup_ratio": t.warmup_ratio,
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "max_steps": t.max_steps,
-        "num_train_epochs": t.num_train_epochs,
-        "max_length": DatasetConfig.max_length,
-        "precision": t.precision,
-        "seed": DpoSweepsConfig.seed,
-        "quantization": QuantizationConfig.mode,
-        "lora_r": lora.r,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
-        "lora_target_modules": ",".join(lora.target_modules),
-    }
+    default = DpoSweepsConfig(
+        model=ModelConfig(name_or_path=""),
+        dataset=DatasetConfig(name=""),
+        lora=LoraConfig(),
+        quantization=QuantizationConfig(),
+        loss=LossConfig(),
+        training=TrainingConfig(),
+        logger=LoggerConfig(),
+    )
+    return hyperparameters(OmegaConf.structured(default))
 
 
 def changed_hyperparameters(cfg: DictConfig) -> dict[str, tuple[Any, Any]]:

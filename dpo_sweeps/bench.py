@@ -111,13 +111,12 @@ def bench_sweep(reps: int, work: Path) -> list[dict[str, Any]]:
 def bare_trl(run_dir: Path) -> tuple[float, float, int, list[float]]:
     """The same training as `SMOKE` written as a plain TRL script, the way one would without the framework."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
+    from dpo_sweeps.data import load_preference_data
     from dpo_sweeps.tiny_models import ensure
-    from dpo_sweeps.toy_data import toy_rows
 
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -135,7 +134,9 @@ def bare_trl(run_dir: Path) -> tuple[float, float, int, list[float]]:
             task_type="CAUSAL_LM",
         ),
     )
-    split = Dataset.from_list(toy_rows()).train_test_split(test_size=0.2, seed=0)
+    # The same rows in the same order as the framework's data path (its shuffle and hold-out): what is compared is
+    # the training, not two ways of splitting the toy set.
+    data = load_preference_data(_compose(TINY), tokenizer)
     args = DPOConfig(
         output_dir=str(run_dir / "checkpoints"),
         beta=0.1,
@@ -163,8 +164,8 @@ def bare_trl(run_dir: Path) -> tuple[float, float, int, list[float]]:
     trainer = DPOTrainer(
         model=model,
         args=args,
-        train_dataset=split["train"].shuffle(seed=0),
-        eval_dataset=split["test"],
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
     )
     result = trainer.train()
@@ -179,8 +180,11 @@ def framework(run_dir: Path) -> tuple[float, float, int, list[float]]:
     from dpo_sweeps.train import run_training
 
     started = time.perf_counter()
-    # Same work as the bare script: no eval before training; the reference on the fly, as TRL does by default.
-    cfg = _compose([*TINY, "training.eval_before_training=false", "ref_cache.enabled=false"])
+    # Same work as the bare script: no eval before training, no sample completions; the reference on the fly, as TRL
+    # does by default.
+    cfg = _compose(
+        [*TINY, "training.eval_before_training=false", "training.sample_completions=0", "ref_cache.enabled=false"]
+    )
     metrics = run_training(cfg, run_dir)
     run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
     losses = [r["loss"] for r in run_folder.read_history(run_dir) if "loss" in r]

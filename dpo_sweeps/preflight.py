@@ -3,7 +3,8 @@
 Hydra's basic sweeper only checks that each point composes, and then launches; a 32-job SLURM sweep with one bad
 point would run 31 jobs and fail the 32nd hours later. `check_sweep` (called from the `SweepSummary` callback's
 `on_multirun_start`, in the submitting process, before the sweeper launches anything) expands the sweep the way the
-basic sweeper does, composes each point with Hydra's own `load_sweep_config`, runs `validation.find_problems` on it,
+basic sweeper does, composes each point as Hydra's own `load_sweep_config` would (once per distinct set of group
+choices, see `_PointComposer`), runs `validation.find_problems` on it,
 and raises one error naming every bad point by its overrides.
 
 Why a callback and not a custom sweeper: Hydra only instantiates sweepers from the `hydra_plugins` namespace
@@ -15,6 +16,7 @@ Import-light: Hydra and our validation only.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -24,7 +26,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_sweeps import run_folder
 from dpo_sweeps.validation import ConfigError, find_problems
@@ -106,6 +108,43 @@ def format_grid(points: list[dict], config: DictConfig) -> str:
     return "\n".join(lines)
 
 
+def _value_override(override, loader) -> bool:
+    """A plain `key=value` on a config key (not a group choice, not hydra's, not +/~/++): Hydra applies these after
+    composing, so they can be applied to a copy of a config composed without them."""
+    key = override.key_or_group
+    return (
+        override.package is None
+        and not (override.is_add() or override.is_force_add() or override.is_delete())
+        and not key.startswith("hydra")
+        and not loader.repository.group_exists(key)
+    )
+
+
+class _PointComposer:
+    """Composes sweep points the way `load_sweep_config` does, once per distinct set of group choices: the points of a
+    beta (or learning-rate, ...) sweep share one composition and differ only in values, which Hydra's own override
+    step applies to a copy. A 64-point beta sweep then costs one composition instead of 64 (~0.1 s each)."""
+
+    def __init__(self, config: DictConfig, loader):
+        self.config, self.loader = config, loader
+        self.parser = OverridesParser.create(config_loader=loader)
+        self.bases: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, overrides: list[str]) -> DictConfig:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        parsed = self.parser.parse_overrides(overrides)
+        values = [o for o in parsed if _value_override(o, self.loader)]
+        structure = tuple(o.input_line for o in parsed if not _value_override(o, self.loader))
+        if structure not in self.bases:
+            self.bases[structure] = self.loader.load_sweep_config(self.config, list(structure))
+        cfg = copy.deepcopy(self.bases[structure])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = list(overrides)
+        return cfg
+
+
 def check_sweep(config: DictConfig) -> list[dict]:
     """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points."""
     loader = GlobalHydra.instance().config_loader()
@@ -117,8 +156,9 @@ def check_sweep(config: DictConfig) -> list[dict]:
     tic = time.perf_counter()
     points, bad = [], []
     all_points = expand(config, loader)
+    compose_point = _PointComposer(config, loader)
     for overrides in all_points:
-        cfg = loader.load_sweep_config(config, overrides)
+        cfg = compose_point(overrides)
         problems = find_problems(cfg)
         if problems:
             bad.append((overrides, problems))
@@ -127,7 +167,12 @@ def check_sweep(config: DictConfig) -> list[dict]:
         points.append(
             {"overrides": overrides, "run_dir": run_dir, "state": state, "skip": state == "completed" and not cfg.rerun}
         )
-    log.info("Composed and validated %d sweep point(s) in %.2f s", len(points), time.perf_counter() - tic)
+    log.info(
+        "Composed and validated %d sweep point(s) (%d distinct compositions) in %.2f s",
+        len(points),
+        len(compose_point.bases),
+        time.perf_counter() - tic,
+    )
     if bad:
         raise SweepValidationError(bad, len(all_points))
     return points

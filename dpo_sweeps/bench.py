@@ -7,9 +7,8 @@
             against the same sweep without it; wall time and reference forward batches.
 2. trl:     `run_training` (ref_cache off) against a bare TRL script doing the same training (same model, data, seed, steps):
             seconds per step, total, and the largest difference between their logged losses.
-3. startup: `python -m dpo_sweeps --help` against `trl dpo --help`, and composing + validating a 64-point sweep in a
-            fresh process (Hydra's compose API, the work a launcher does before submitting; the process must not
-            import torch).
+3. startup: `python -m dpo_sweeps --help` against `trl dpo --help`, and a 64-point sweep composed, validated and
+            listed by `dry_run=true` (the work done before anything is submitted).
 
 Each figure is a ratio of two things measured side by side in the same process (alternating their order from one
 repetition to the next, so that drift in the machine's load hits both), repeated `--reps` times; the table gives the
@@ -228,21 +227,19 @@ def bench_trl(reps: int, work: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ 3. start-up
 
-COMPOSE_64 = r"""
-import sys, time
-started = time.perf_counter()
-from hydra import compose, initialize_config_dir
-from dpo_sweeps.cli import CONF_DIR
-from dpo_sweeps.validation import validate
-points = [[f"beta={b}", f"loss={l}", f"lora={r}"] for b in (0.05, 0.1, 0.2, 0.4)
-          for l in ("sigmoid", "ipo", "hinge", "robust") for r in ("r16", "r64_all_linear", "none", "r16")]
-points = [p + [f"seed={i}"] for i, p in enumerate(points)]
-with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-    for overrides in points:
-        validate(compose("config", overrides=["model=tiny_qwen", "dataset=toy", "logger=none", *overrides]))
-assert len(points) == 64
-print(f"{time.perf_counter() - started:.3f} torch_imported={'torch' in sys.modules}")
-"""
+# The user's path: a 64-point sweep (4 betas x 4 losses x 2 LoRA options x 2 seeds) composed, validated and listed
+# by `dry_run=true`, which submits nothing; the check that no point imported torch is the `--help` test's.
+SWEEP_64 = [
+    "-m",
+    "model=tiny_qwen",
+    "dataset=toy",
+    "logger=none",
+    "beta=0.05,0.1,0.2,0.4",
+    "loss=sigmoid,ipo,hinge,robust",
+    "lora=r16,none",
+    "seed=1,2",
+    "dry_run=true",
+]
 
 
 def _timed(cmd: list[str]) -> float:
@@ -259,11 +256,17 @@ def bench_startup(reps: int) -> list[dict[str, Any]]:
     for rep in range(reps):
         ours = _timed([sys.executable, "-m", "dpo_sweeps", "--help"])
         theirs = _timed([trl_cli, "dpo", "--help"])
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", COMPOSE_64], cwd=REPO, capture_output=True, text=True)
-        compose_wall = time.perf_counter() - started
-        if proc.returncode != 0 or "torch_imported=False" not in proc.stdout:
-            raise RuntimeError(f"composing 64 points failed or imported torch:\n{proc.stdout}\n{proc.stderr[-2000:]}")
+        with tempfile.TemporaryDirectory() as sweep_dir:
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "dpo_sweeps", *SWEEP_64, f"hydra.sweep.dir={sweep_dir}"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
+            compose_wall = time.perf_counter() - started
+        if proc.returncode != 0 or "Sweep: 64 point(s)" not in proc.stdout:
+            raise RuntimeError(f"the 64-point dry run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         rows.append(
             {
                 "help_ours": ours,
@@ -314,7 +317,7 @@ def _table(results: dict[str, list[dict[str, Any]]], reps: int) -> str:
         lines += [
             f"| `--help`: `trl dpo --help` vs `python -m dpo_sweeps --help` | {m['help_trl']:.2f} s | "
             f"{m['help_ours']:.2f} s | {m['help_ratio']:.2f} | |",
-            f"| compose + validate 64 points (fresh process, no torch) vs one `trl dpo --help` | {m['help_trl']:.2f} s | "
+            f"| `python -m dpo_sweeps -m <64 points> dry_run=true` (compose + validate + list) vs one `trl dpo --help` | {m['help_trl']:.2f} s | "
             f"{m['compose64']:.2f} s | {m['compose64_ratio']:.2f} | |",
         ]
     return "\n".join(lines) + "\n"

@@ -65,7 +65,9 @@ def measure(points: int = 32, timeout_s: float = 120.0) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
     text = log_path.read_text()
-    m = re.search(r"Composed and validated (\d+) sweep point\(s\) in ([0-9.]+) s", text)
+    m = re.search(
+        r"Composed and validated (\d+) sweep point\(s\)(?: \(\d+ distinct compositions\))? in ([0-9.]+) s", text
+    )
     return {
         "points": points,
         "array_jobs": len(ids),

@@ -162,7 +162,9 @@ def check_sweep(config: DictConfig) -> list[dict]:
         problems = find_problems(cfg)
         if problems:
             bad.append((overrides, problems))
-        run_dir = str(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+        # The sweep folder as this (sweep-level) config resolves it: a point's own config is not a job yet (no
+        # hydra.job.num), and would name the sweep folder after its own overrides.
+        run_dir = str(Path(str(config.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
         state = (run_folder.read_status(run_dir) or {}).get("state")
         points.append(
             {"overrides": overrides, "run_dir": run_dir, "state": state, "skip": state == "completed" and not cfg.rerun}

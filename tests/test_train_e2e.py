@@ -6,6 +6,8 @@ assert that DPO moved the weights and the rewards in the right direction, not me
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -119,3 +121,24 @@ def test_demo_preset_shows_dpo_working(tmp_path):
         assert metrics["eval_rewards/accuracies"] > 0.6, (point.name, metrics["eval_rewards/accuracies"])
     assert "reward acc" in proc.stdout and "beta=0.5" in proc.stdout
     assert (tmp_path / "demo" / "summary.md").exists()
+
+
+def test_sweep_with_default_folders_names_them_by_overrides_and_reports_success(tmp_path):
+    # No hydra.sweep.dir: the folders are named by the overrides (the shared ones name the sweep, the swept ones the
+    # points), identically in the pre-launch check, the jobs and the summary.
+    fast = ["training.max_steps=2", "training.sample_completions=0", "training.save_model=false"]
+    proc = run_cli(["-m", "model=tiny_qwen", *TINY, *fast, "beta=0.1,0.3"], cwd=tmp_path)
+    sweep = (
+        tmp_path
+        / "outputs"
+        / "sweeps"
+        / (
+            "dataset=toy,logger=none,model=tiny_qwen,training.max_steps=2,training.sample_completions=0,"
+            "training.save_model=false,training=smoke"
+        )
+    )
+    assert [p.name for p in run_dirs(sweep)] == ["beta=0.1", "beta=0.3"]
+    assert "Sweep summary: 2 completed" in proc.stdout
+    assert {p["run_dir"] for p in read_json(sweep / "sweep_points.json")} == {
+        str(Path("outputs/sweeps") / sweep.name / b) for b in ("beta=0.1", "beta=0.3")
+    }

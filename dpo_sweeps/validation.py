@@ -174,6 +174,15 @@ def _check_dataset(cfg: DictConfig, problems: list[str]) -> None:
     _one_of(problems, "dataset.on_invalid", d.on_invalid, ("error", "drop"))
     _one_of(problems, "dataset.truncation_side", d.truncation_side, ("keep_start", "keep_end"))
     _one_of(problems, "dataset.on_too_long", d.on_too_long, ("truncate", "invalid"))
+    if (
+        d.name == "toy"
+        and not d.path
+        and dict(d.columns) != {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": None}
+    ):
+        problems.append(
+            "dataset.columns.* with dataset=toy: the bundled toy set has fixed columns, so the mapping would be ignored. "
+            "Fix: dataset=local dataset.path=<your file> for your own columns."
+        )
     if d.name == "local" and not d.path:
         problems.append("dataset=local needs a file: dataset.path=<file.jsonl|.json|.parquet|.csv or a folder>.")
     if d.name == "local" and d.format == "standard" and d.columns.prompt is None:

@@ -79,6 +79,7 @@ def test_seed_models_keep_their_quirks():
         (["loss=robust", "loss.label_smoothing=0.7"], "loss.label_smoothing=0.7"),
         (["training.padding_free=true"], "training.padding_free=true"),
         (["dataset=local"], "dataset.path"),
+        (["dataset=toy", "dataset.columns.chosen=better"], "dataset.columns.* with dataset=toy"),
         (["training.use_liger_kernel=true", "training.use_cpu=false"], "ref_cache.enabled=false"),
     ],
 )

@@ -75,6 +75,14 @@ class SweepSummary(Callback):
             print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
         except Exception as exc:  # a broken report must not hide the summary or change the exit status
             log.error("Sweep report for %s failed: %s: %s", sweep_dir, type(exc).__name__, exc)
+            report = None
+        if report is not None and config.logger.backend == "wandb":
+            try:
+                from dpo_sweeps.tracking import log_sweep_summary
+
+                log_sweep_summary(config, sweep_dir, report.csv)
+            except Exception as exc:  # W&B trouble must not fail a finished sweep either
+                log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)
 
         not_done = [r for r in rows if r["state"] != run_folder.COMPLETED]
         if not_done:

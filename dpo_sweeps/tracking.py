@@ -323,21 +323,10 @@ def _sync_dir(run) -> str | None:
     return str(path) if path else None
 
 
-def start(cfg: DictConfig, run_dir: Path) -> Tracker:
-    """Start this sweep point's W&B run (rank 0 only); always returns a Tracker, whose mode may be "off"."""
-    global _ACTIVE
-    if cfg.logger.backend != "wandb":
-        return Tracker(mode="off")
-    if global_rank() != 0:
-        return Tracker(mode="off")
-    mode = requested_mode(cfg)
-    if mode == "disabled":
-        log.info("W&B disabled (logger.mode / WANDB_MODE); metrics are in %s", Path(run_dir) / run_folder.HISTORY_FILE)
-        return Tracker(mode="off")
-    identity = run_identity(cfg, run_dir)
-    # Offline files go into the run folder unless WANDB_DIR says otherwise: the run folder stays self-contained.
-    wandb_dir = None if os.environ.get("WANDB_DIR") else str(run_dir)
-    timeout_s = float(cfg.logger.init_timeout_s)
+def _open(identity: RunIdentity, mode: str, folder: Path, timeout_s: float) -> Tracker:
+    """Open `identity`'s run: online if asked and reachable within `timeout_s`, else offline, else off; each fallback
+    logged. Offline files go into `folder` unless WANDB_DIR says otherwise."""
+    wandb_dir = None if os.environ.get("WANDB_DIR") else str(folder)
     tracker = Tracker(mode=mode, identity=identity)
     if mode == "online":
         problem = _reachable(min(timeout_s, 10.0))
@@ -357,7 +346,7 @@ def start(cfg: DictConfig, run_dir: Path) -> Tracker:
             tracker.run = _init(identity, "offline", wandb_dir, timeout_s)
         except BaseException as exc:  # noqa: BLE001
             msg = f"W&B offline init failed too ({type(exc).__name__}: {exc}); W&B tracking is off for this run."
-            log.warning("%s Metrics are in %s", msg, Path(run_dir) / run_folder.HISTORY_FILE)
+            log.warning(msg)
             tracker.warnings.append(msg)
             tracker.mode = "off"
             return tracker
@@ -371,6 +360,61 @@ def start(cfg: DictConfig, run_dir: Path) -> Tracker:
     else:
         tracker.sync_dir = _sync_dir(tracker.run)
         log.info("W&B run: %s", tracker.url)
+    return tracker
+
+
+def log_sweep_summary(config: DictConfig, sweep_dir: Path, summary_csv: Path) -> Tracker | None:
+    """End of a multirun with logger=wandb: the sweep report's table as one more run of the sweep's group (job type
+    `sweep-summary`), so the dashboard shows every point of the sweep, failed ones included, in one table. Its id is
+    kept in the sweep folder, so a rerun of the sweep updates the same summary run."""
+    import csv
+
+    if config.logger.backend != "wandb" or global_rank() != 0:
+        return None
+    mode = requested_mode(config)
+    if mode == "disabled":
+        return None
+    with open(summary_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        return None
+    identity = RunIdentity(
+        run_id=stable_run_id(sweep_dir),
+        project=config.logger.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        entity=config.logger.entity or os.environ.get("WANDB_ENTITY") or None,
+        group=str(config.name) if config.get("name") else sweep_dir.name,
+        name="sweep-summary",
+        job_type="sweep-summary",
+        tags=["sweep-summary"],
+        config={"sweep_dir": str(sweep_dir), "overrides": list(config.hydra.overrides.task), **git_commit()},
+    )
+    tracker = _open(identity, mode, sweep_dir, float(config.logger.init_timeout_s))
+    if tracker.run is not None:
+        import wandb
+
+        table = wandb.Table(columns=rows[0], data=rows[1:])
+        tracker._guard("sweep summary log", tracker.run.log, {"sweep_summary": table})
+        tracker.finish({"points": len(rows) - 1})
+    return tracker
+
+
+def start(cfg: DictConfig, run_dir: Path) -> Tracker:
+    """Start this sweep point's W&B run (rank 0 only); always returns a Tracker, whose mode may be "off"."""
+    global _ACTIVE
+    if cfg.logger.backend != "wandb":
+        return Tracker(mode="off")
+    if global_rank() != 0:
+        return Tracker(mode="off")
+    mode = requested_mode(cfg)
+    if mode == "disabled":
+        log.info("W&B disabled (logger.mode / WANDB_MODE); metrics are in %s", Path(run_dir) / run_folder.HISTORY_FILE)
+        return Tracker(mode="off")
+    identity = run_identity(cfg, run_dir)
+    # Offline files go into the run folder unless WANDB_DIR says otherwise: the run folder stays self-contained.
+    tracker = _open(identity, mode, run_dir, float(cfg.logger.init_timeout_s))
+    if tracker.run is None:
+        log.warning("Metrics are in %s", Path(run_dir) / run_folder.HISTORY_FILE)
+        return tracker
     # Trainer steps, not wandb's own counter, are the x-axis: a resumed run re-logs steps after its checkpoint.
     tracker._guard("define_metric", tracker.run.define_metric, "train/global_step")
     tracker._guard("define_metric", tracker.run.define_metric, "*", step_metric="train/global_step", step_sync=True)

@@ -143,8 +143,13 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
     run_cli(args, env=_cli_env(wandb_dir, WANDB_MODE="offline"))
     points = run_dirs(sweep_dir)
     assert len(points) == 2
-    runs = {read_offline_run(p).run_id: read_offline_run(p) for p in find_offline_runs(wandb_dir)}
+    all_runs = [read_offline_run(p) for p in find_offline_runs(wandb_dir)]
+    runs = {r.run_id: r for r in all_runs if r.job_type != "sweep-summary"}
     assert len(runs) == 2
+    # The sweep report's table, as one more run of the group (its id kept in the sweep folder).
+    (summary,) = [r for r in all_runs if r.job_type == "sweep-summary"]
+    assert summary.group == sweep_dir.name and summary.run_id == (sweep_dir / tracking.RUN_ID_FILE).read_text().strip()
+    assert summary.summary["sweep_summary/nrows"] == 2 and summary.summary["points"] == 2
     for point in points:
         metrics = read_json(point / run_folder.METRICS_FILE)
         run_id = (point / tracking.RUN_ID_FILE).read_text().strip()
@@ -173,7 +178,7 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
     run_folder.update_status(requeued, state=run_folder.REQUEUED)
     run_cli(args, env=_cli_env(wandb_dir, WANDB_MODE="offline"))
     assert read_json(requeued / run_folder.STATUS_FILE)["state"] == run_folder.COMPLETED
-    after = [read_offline_run(p) for p in find_offline_runs(wandb_dir)]
+    after = [r for r in map(read_offline_run, find_offline_runs(wandb_dir)) if r.job_type != "sweep-summary"]
     assert len(after) == 3  # the completed point was skipped: no new run
     assert after[-1].run_id == run_id and after[-1].group == sweep_dir.name
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers import TrainerCallback
 
 from dpo_sweeps import checkpoints, cluster, run_folder, tracking
 from dpo_sweeps.data import load_preference_data
-from dpo_sweeps.models import load_models, resolve_dtype, uses_gpu
+from dpo_sweeps.models import LoadedModels, load_models, resolve_dtype, uses_gpu
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +157,26 @@ def save_outputs(cfg: DictConfig, trainer, tokenizer, run_dir: Path) -> dict[str
     return saved
 
 
-def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from transformers import set_seed
+@dataclass
+class BuiltTrainer:
+    trainer: Any
+    models: LoadedModels
+    data: Any  # PreferenceData
+    ref_info: Any  # ref_cache.RefCacheInfo
 
+
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: list | tuple = (), models: LoadedModels | None = None
+) -> BuiltTrainer:
+    """The DPO trainer of a run, with the reference cache wired in when the loss uses one. `models` lets a caller
+    load (and adjust) the models itself; by default they are loaded from `cfg`."""
     from dpo_sweeps import ref_cache
 
-    started = time.time()
-    if cfg.training.cpu_threads:
-        torch.set_num_threads(cfg.training.cpu_threads)
-    set_seed(cfg.seed)
     trainer_cls, ref_info, ref_args = ref_cache.prepare(cfg)
-    models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
+    if models is None:
+        models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
     data = load_preference_data(cfg, models.tokenizer)
     args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg), **ref_args)
-    tracker = tracking.start(cfg, run_dir)
     trainer = trainer_cls(
         model=models.policy,
         ref_model=models.reference,
@@ -177,13 +184,31 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=models.tokenizer,
+        callbacks=list(callbacks),
+    )
+    return BuiltTrainer(trainer=trainer, models=models, data=data, ref_info=ref_info)
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from transformers import set_seed
+
+    started = time.time()
+    if cfg.training.cpu_threads:
+        torch.set_num_threads(cfg.training.cpu_threads)
+    set_seed(cfg.seed)
+    built = build_trainer(
+        cfg,
+        run_dir,
         callbacks=[
             HistoryCallback(run_dir),
             NonFiniteLossGuard(),
-            tracking.make_callback(tracker),
             *cluster.training_callbacks(cfg.training.save_total_limit),
         ],
     )
+    trainer, models, data, ref_info = built.trainer, built.models, built.data, built.ref_info
+    # Started once the data passed validation: a run refused for bad rows opens no W&B run.
+    tracker = tracking.start(cfg, run_dir)
+    trainer.add_callback(tracking.make_callback(tracker))
     resume_from = last_checkpoint(run_dir)
     metrics: dict[str, Any] = {}
     if resume_from:

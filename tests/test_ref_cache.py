@@ -148,25 +148,14 @@ def test_rows_digest_is_exact_on_token_ids_and_order():
 
 def _build_trainer(cfg, run_dir: Path, tokenizer_hook=None):
     """The trainer exactly as `train.run_training` builds it (to read the keys it uses)."""
-    from dpo_sweeps.data import load_preference_data
-    from dpo_sweeps.models import load_models, resolve_dtype
-    from dpo_sweeps.train import dpo_config
+    from dpo_sweeps.models import load_models
+    from dpo_sweeps.train import build_trainer
 
-    trainer_cls, info, ref_args = ref_cache.prepare(cfg)
     models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
     if tokenizer_hook:
         tokenizer_hook(models.tokenizer)
-    data = load_preference_data(cfg, models.tokenizer)
-    args = dpo_config(cfg, run_dir, resolve_dtype(cfg.model.dtype, cfg), **ref_args)
-    trainer = trainer_cls(
-        model=models.policy,
-        ref_model=models.reference,
-        args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=models.tokenizer,
-    )
-    return trainer, info
+    built = build_trainer(cfg, run_dir, models=models)
+    return built.trainer, built.ref_info
 
 
 def test_keys_follow_data_split_and_chat_template_but_not_sweep_knobs(tiny_model_paths, tmp_path):

@@ -13,13 +13,8 @@ PATH="$PATH:/usr/sbin:/sbin"
 
 log() { echo "slurm-down: $*"; }
 
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-pid_from() { [[ -s "$1" ]] && tr -dc '0-9' <"$1" || true; }
-our_pid() {
-    local pid
-    pid="$(pid_from "$1")"
-    if pid_alive "$pid" && grep -qa "$2" "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
-}
+# shellcheck source=launch/pids.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pids.sh"
 # Send TERM, wait up to $3 seconds, then KILL.
 stop_pid() {
     local pid="$1" name="$2" wait_s="${3:-10}" i

@@ -39,14 +39,8 @@ CONF="$STATE_DIR/slurm.conf"
 
 # The node's state as one word (sinfo prints one line per partition).
 node_state() { timeout 5 sinfo -h -N -n localhost -o %T 2>/dev/null | head -n1 || true; }
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-pid_from() { [[ -s "$1" ]] && tr -dc '0-9' <"$1" || true; }
-# The process behind a pid file, only if it is the program we expect (a stale file may name an unrelated pid).
-our_pid() {
-    local pid
-    pid="$(pid_from "$1")"
-    if pid_alive "$pid" && grep -qa "$2" "/proc/$pid/cmdline" 2>/dev/null; then echo "$pid"; fi
-}
+# shellcheck source=launch/pids.sh
+source "$HERE/pids.sh"
 
 # --- 1. already running? ---------------------------------------------------------------------------------------------
 if [[ -f "$STATE_DIR/env.sh" && -f "$CONF" ]]; then

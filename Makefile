@@ -48,7 +48,7 @@ bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (
 	$(PY) -m dpo_sweeps.bench
 
 bench-submit: install ## Time submitting a 32-point sweep to the local SLURM cluster (after `make slurm-up`)
-	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench_submit --points 32
+	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 32
 
 search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)
 	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \

@@ -83,7 +83,7 @@ def _train_tokenizer(arch: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from dpo_sweeps.toy_data import toy_corpus
+    from dpo_sweeps.data.toy import toy_corpus
 
     spec = SPECIAL_TOKENS[arch]
     tok = Tokenizer(models.BPE())

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO, compose_config
 
-from dpo_sweeps import data_sources
 from dpo_sweeps.data import load_preference_data
-from dpo_sweeps.data_sources import DataFileError, DatasetUnavailableError
-from dpo_sweeps.data_validation import InvalidDataError
+from dpo_sweeps.data import sources as data_sources
+from dpo_sweeps.data.sources import DataFileError, DatasetUnavailableError
+from dpo_sweeps.data.validation import InvalidDataError
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 HUB_FIXTURES = {

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["model=tiny_qwen", "dataset=toy", "training=smoke", "logger=none"]
 # Two epochs over the toy set (192 train rows, 48 steps of 8; `training=smoke` itself runs 40): the cache's precompute
 # pass covers each row once, training reads it twice, and both evals (before, after) read the cached reference too.

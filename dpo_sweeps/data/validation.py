@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dpo_sweeps.data_adapters import ADAPTERS, RowProblem, merge_system_into_user
-from dpo_sweeps.data_sources import RowOrigin, Rows
+from dpo_sweeps.data.adapters import ADAPTERS, RowProblem, merge_system_into_user
+from dpo_sweeps.data.sources import RowOrigin, Rows
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Benchmark: how long the submitting process takes to put an N-point sweep on SLURM (one array job).
 
-    source /tmp/dpo_sweeps_slurm/env.sh && python -m dpo_sweeps.bench_submit --points 32
+    source /tmp/dpo_sweeps_slurm/env.sh && python -m dpo_sweeps.bench.submit --points 32
 
 Starts `python -m dpo_sweeps -m hydra/launcher=slurm beta=<N values> ...` as a user would, measures the wall time
 from the process start until the array job is visible in `squeue`, reads the preflight's own composition time from
 its log, then cancels the jobs and stops the process (the jobs are never meant to run). `measure()` returns the
-numbers for another benchmark (dpo_sweeps/bench.py) to call. Needs a running SLURM cluster (launch/slurm-up.sh).
+numbers for another benchmark (dpo_sweeps/bench/cpu.py) to call. Needs a running SLURM cluster (launch/slurm-up.sh).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _array_job_ids(name: str) -> list[str]:

@@ -1,8 +1,8 @@
 """Preference data: load a source, map it to prompt/chosen/rejected, check every row, split train/eval.
 
 Every source goes through one path: `_raw_split` (the only place that differs between the hub, a local copy given
-with `dataset.path=`, and the bundled toy set; see `data_sources.py`) -> shuffle and hold out -> the dataset's
-adapter and the row checks (`data_adapters.py`, `data_validation.py`) -> `datasets.Dataset`. Heavy imports
+with `dataset.path=`, and the bundled toy set; see `sources.py`) -> shuffle and hold out -> the dataset's
+adapter and the row checks (`adapters.py`, `validation.py`) -> `datasets.Dataset`. Heavy imports
 (`datasets`) happen inside.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dpo_sweeps.data_sources import RowOrigin, Rows, has_split, load_hub, load_local
-from dpo_sweeps.data_validation import check_rows, handle_problems
+from dpo_sweeps.data.sources import RowOrigin, Rows, has_split, load_hub, load_local
+from dpo_sweeps.data.validation import check_rows, handle_problems
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _raw_split(cfg: DictConfig, split: str) -> Rows:
     if d.path:
         return load_local(Path(d.path).expanduser(), split)
     if d.name == "toy":
-        from dpo_sweeps.toy_data import toy_rows
+        from dpo_sweeps.data.toy import toy_rows
 
         return [(row, RowOrigin("toy_data", i)) for i, row in enumerate(toy_rows())]
     if not d.hub_id:

@@ -1,7 +1,7 @@
 """GPU benchmark at a real model's size: throughput and peak memory of DPO steps through the framework.
 
-    python -m dpo_sweeps.bench_gpu                      # needs a CUDA GPU; ~5 min on one H100
-    python -m dpo_sweeps.bench_gpu --steps 20 --out outputs/bench/gpu.md
+    python -m dpo_sweeps.bench.gpu                      # needs a CUDA GPU; ~5 min on one H100
+    python -m dpo_sweeps.bench.gpu --steps 20 --out outputs/bench/gpu.md
 
 The hubs are out of reach on test machines, so the model is Qwen2.5-1.5B-Instruct's exact architecture (28 layers,
 hidden 1536, vocabulary 151936) with random weights, built on the GPU; the tokenizer is the tiny Qwen's (the
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QWEN2_5_1_5B = {
     "hidden_size": 1536,
     "intermediate_size": 8960,

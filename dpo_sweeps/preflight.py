@@ -187,10 +187,19 @@ def preflight(config: DictConfig) -> None:
     except SweepValidationError as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
+    # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
+    from dpo_sweeps.slurm_resources import cluster_problems
+
+    misfits = cluster_problems({k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"})
     if config.get("dry_run"):
         print(format_grid(points, config), flush=True)
+        for problem in misfits:
+            print(f"Cluster check: {problem}", flush=True)
         print("dry_run=true: nothing was run or submitted.", flush=True)
         raise SystemExit(0)
+    if misfits:
+        lines = "\n".join(f"  - {p}" for p in misfits)
+        raise SystemExit(f"Error: the launcher does not fit the cluster; nothing was submitted:\n{lines}")
     if points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_folder.write_json_atomic(sweep_dir / POINTS_FILE, points)

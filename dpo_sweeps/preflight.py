@@ -5,7 +5,8 @@ point would run 31 jobs and fail the 32nd hours later. `check_sweep` (called fro
 `on_multirun_start`, in the submitting process, before the sweeper launches anything) expands the sweep the way the
 basic sweeper does, composes each point as Hydra's own `load_sweep_config` would (once per distinct set of group
 choices, see `_PointComposer`), runs `validation.find_problems` on it,
-and raises one error naming every bad point by its overrides.
+and raises one error naming every bad point by its overrides. For a SLURM launcher it then checks the profile against
+`sinfo` (dpo_sweeps/slurm_resources.py) and refuses a mismatch before sbatch runs.
 
 Why a callback and not a custom sweeper: Hydra only instantiates sweepers from the `hydra_plugins` namespace
 package, which would add a top-level package next to `dpo_sweeps`; a callback also keeps working under other

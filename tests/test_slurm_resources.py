@@ -87,3 +87,10 @@ def test_dry_run_reports_a_mismatch_without_failing(tmp_path):
     )
     assert f"Cluster check: cannot submit to SLURM: SLURM_CONF={tmp_path}/missing.conf does not exist" in proc.stdout
     assert "dry_run=true: nothing was run or submitted." in proc.stdout
+
+
+def test_slurm_local_only_changes_the_local_clusters_resources():
+    slurm, local = _launcher("slurm"), _launcher("slurm_local")
+    changed = {k for k in slurm if slurm[k] != local.get(k)}
+    assert changed == {"gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min"}
+    assert local["_target_"].endswith("SlurmLauncher") and local["timeout_min"] > 10

@@ -4,12 +4,15 @@ sbatch runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from dpo_sweeps import run_folder
-from tests.helpers import TINY, read_json, run_cli, run_dirs
+from tests.helpers import REPO, TINY, read_json, run_cli, run_dirs
 from tests.slurm_support import SlurmCluster, submitit_executor
 
 pytestmark = pytest.mark.slurm
@@ -66,16 +69,18 @@ def test_submitit_reads_a_cancelled_jobs_real_state_from_accounting(slurm_cluste
     assert _sacct_until(slurm_cluster, job.job_id, lambda s: True) == {job.job_id: "CANCELLED by 0"}
 
 
-def _all_job_ids(cluster: SlurmCluster) -> set[str]:
-    out = cluster.run("sacct", "-n", "-X", "-a", "-P", "-S", "now-1days", "-o", "JobID")
-    return set(out.stdout.split())
+def _next_job_id(cluster: SlurmCluster) -> int:
+    """The id slurmctld gives the next job it accepts: unchanged means sbatch accepted nothing in between."""
+    out = cluster.run("scontrol", "show", "config")
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("NEXT_JOB_ID")]
+    return int(line.split("=")[1])
 
 
 def test_a_gpu_request_on_the_cpu_only_cluster_is_refused_before_sbatch_naming_the_key(
     slurm_cluster: SlurmCluster, tmp_path
 ):
     sweep = tmp_path / "sweep"
-    before = _all_job_ids(slurm_cluster)
+    before = _next_job_id(slurm_cluster)
     # The project's `slurm` profile asks for 1 GPU, 8 CPUs and 64 GB: the local node has no GPU and 2 cores.
     proc = run_cli(
         ["-m", "hydra/launcher=slurm", "model=tiny_qwen", *TINY, "beta=0.1,0.3", f"hydra.sweep.dir={sweep}"],
@@ -89,9 +94,8 @@ def test_a_gpu_request_on_the_cpu_only_cluster_is_refused_before_sbatch_naming_t
     assert "hydra/launcher=slurm_local" in out, "the fix is named"
     assert "hydra.launcher.cpus_per_task=8" in out and "Set hydra.launcher.cpus_per_task=" in out
     assert "Traceback" not in out and "Invalid generic resource" not in out
-    assert not (sweep / ".submitit").exists()
-    time.sleep(2)  # a job sbatch had accepted would be in sacct by now
-    assert _all_job_ids(slurm_cluster) == before, "nothing reached sbatch"
+    assert not (sweep / ".submitit").exists(), "submitit writes its folder before it calls sbatch"
+    assert _next_job_id(slurm_cluster) == before, "nothing reached sbatch"
 
 
 def test_an_unknown_partition_is_refused_with_the_ones_the_cluster_has(slurm_cluster: SlurmCluster, tmp_path):
@@ -112,3 +116,31 @@ def test_an_unknown_partition_is_refused_with_the_ones_the_cluster_has(slurm_clu
         "hydra.launcher.partition=gpu: the cluster has no partition gpu (sinfo lists: debug (default), low, high)"
         in proc.stdout + proc.stderr
     )
+
+
+def test_under_ci_a_cluster_without_accounting_fails_the_slurm_tests_instead_of_skipping(
+    slurm_cluster: SlurmCluster, tmp_path
+):
+    # The running cluster as a client configured without accounting sees it (as one from an older slurm-up.sh was):
+    # sinfo answers, sacct says "accounting storage is disabled".
+    state = tmp_path / "no_accounting"
+    state.mkdir()
+    conf = slurm_cluster.conf.read_text().replace("accounting_storage/slurmdbd", "accounting_storage/none")
+    (state / "slurm.conf").write_text(conf)
+    (state / "env.sh").write_text(f"export SLURM_CONF={state / 'slurm.conf'}\n")
+    test = "tests/test_slurm_local.py::test_submitit_reads_a_cancelled_jobs_real_state_from_accounting"
+    results = {}
+    for ci in ("true", ""):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", test, "-q", "-rs", "-p", "no:cacheprovider"],
+            cwd=REPO,
+            env={**os.environ, "CI": ci, "DPO_SWEEPS_SLURM_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        results[ci] = (proc.returncode, proc.stdout + proc.stderr)
+    code, out = results["true"]
+    assert code != 0 and "CI=true: SLURM tests must run, not skip" in out and "no job accounting" in out, out
+    code, out = results[""]
+    assert code == 0 and "1 skipped" in out and "no job accounting" in out, out

@@ -263,7 +263,7 @@ chown -R mysql:mysql "$DB_DIR"
 DB_OPTS=(--no-defaults "--datadir=$DB_DIR/data" "--socket=$DB_SOCK" "--port=$DB_PORT" --bind-address=127.0.0.1
     "--pid-file=$DB_PID" --user=mysql --skip-log-bin --skip-name-resolve
     --innodb-buffer-pool-size=64M --innodb-log-file-size=48M --innodb-lock-wait-timeout=900)
-if ! mariadb-install-db "${DB_OPTS[@]}" --auth-root-authentication-method=socket --skip-test-db \
+if ! timeout "$START_TIMEOUT" mariadb-install-db "${DB_OPTS[@]}" --auth-root-authentication-method=socket --skip-test-db \
     >"$STATE_DIR/log/mariadb-install.out" 2>&1; then
     show_logs
     die "mariadb-install-db failed"
@@ -272,7 +272,7 @@ fi
 setsid mariadbd "${DB_OPTS[@]}" </dev/null >>"$STATE_DIR/log/mariadbd.log" 2>&1 &
 wait_for "MariaDB (port $DB_PORT)" timeout 5 mariadb-admin --no-defaults "--socket=$DB_SOCK" ping
 # Root logs in through the socket only (socket auth); slurmdbd comes in over TCP as `slurm`.
-mariadb --no-defaults "--socket=$DB_SOCK" -u root <<SQL || die "could not create the accounting database"
+timeout 30 mariadb --no-defaults "--socket=$DB_SOCK" -u root <<SQL || die "could not create the accounting database"
 CREATE DATABASE slurm_acct_db;
 CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';

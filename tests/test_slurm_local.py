@@ -34,6 +34,7 @@ def _sacct_until(cluster: SlurmCluster, job_id: str, done, timeout: float = 30.0
     pytest.fail(f"sacct -j {job_id} after {timeout:.0f}s: {states or 'nothing'}")
 
 
+@pytest.mark.slow
 def test_slurm_local_profile_sweeps_with_no_overrides_and_sacct_sees_every_task(
     slurm_cluster: SlurmCluster, tmp_path, tiny_model_paths
 ):

@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench bench-submit search-demo slurm-up slurm-down clean
+.PHONY: help install demo test test-fast lint format bench bench-submit search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ slurm-up: ## Start the one-node SLURM cluster on localhost (root; installs slurm
 
 slurm-down: ## Stop the local SLURM cluster
 	bash launch/slurm-down.sh
+
+slurm-demo: install ## The demo sweep as SLURM jobs on the local cluster (after `make slurm-up`; ~1 min on 2 cores)
+	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps experiment=demo hydra/launcher=slurm_local
 
 clean: ## Remove run outputs (outputs/*) and caches, keep .venv
 	find outputs -mindepth 1 -not -name .gitignore -exec rm -rf {} + 2>/dev/null || true

@@ -5,7 +5,8 @@ point would run 31 jobs and fail the 32nd hours later. `check_sweep` (called fro
 `on_multirun_start`, in the submitting process, before the sweeper launches anything) expands the sweep the way the
 basic sweeper does, composes each point as Hydra's own `load_sweep_config` would (once per distinct set of group
 choices, see `_PointComposer`), runs `validation.find_problems` on it,
-and raises one error naming every bad point by its overrides.
+and raises one error naming every bad point by its overrides. For a SLURM launcher it then checks the profile against
+`sinfo` (dpo_sweeps/slurm_resources.py) and refuses a mismatch before sbatch runs.
 
 Why a callback and not a custom sweeper: Hydra only instantiates sweepers from the `hydra_plugins` namespace
 package, which would add a top-level package next to `dpo_sweeps`; a callback also keeps working under other
@@ -187,10 +188,19 @@ def preflight(config: DictConfig) -> None:
     except SweepValidationError as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
+    # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
+    from dpo_sweeps.slurm_resources import cluster_problems
+
+    misfits = cluster_problems({k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"})
     if config.get("dry_run"):
         print(format_grid(points, config), flush=True)
+        for problem in misfits:
+            print(f"Cluster check: {problem}", flush=True)
         print("dry_run=true: nothing was run or submitted.", flush=True)
         raise SystemExit(0)
+    if misfits:
+        lines = "\n".join(f"  - {p}" for p in misfits)
+        raise SystemExit(f"Error: the launcher does not fit the cluster; nothing was submitted:\n{lines}")
     if points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_folder.write_json_atomic(sweep_dir / POINTS_FILE, points)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make slurm-down      (= bash launch/slurm-down.sh; works from any directory)
 #
-# Stops the local cluster that launch/slurm-up.sh started: cancels its jobs, kills slurmd and slurmctld by pid,
-# then munged if slurm-up started it, and checks that nothing is left running. Safe to run when nothing runs.
-# Keeps the logs in the state dir (${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/log); removes env.sh.
+# Stops the local cluster that launch/slurm-up.sh started, in reverse order: cancels its jobs, stops slurmd,
+# slurmctld, slurmdbd and MariaDB by pid, then munged if slurm-up started it, and checks that nothing is left running.
+# Safe to run when nothing (or only part of it) runs. Keeps the logs in the state dir
+# (${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/log); removes env.sh. The next slurm-up wipes the job database too.
 set -euo pipefail
 
 STATE_DIR="${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}"
@@ -37,6 +38,8 @@ fi
 
 ctld="$(our_pid "$STATE_DIR/run/slurmctld.pid" slurmctld)"
 slurmd_pid="$(our_pid "$STATE_DIR/run/slurmd.pid" slurmd)"
+dbd="$(our_pid "$STATE_DIR/run/slurmdbd.pid" slurmdbd)"
+db="$(our_pid "$STATE_DIR/mariadb/mariadbd.pid" mariadbd)"
 
 # 1. Jobs first: slurmstepd and job processes outlive slurmd, so cancel them while the daemons still run.
 if [[ -n "$ctld" && -n "$slurmd_pid" && -f "$CONF" ]]; then
@@ -60,6 +63,9 @@ fi
 [[ -n "$slurmd_pid" ]] && stop_pid "$slurmd_pid" slurmd 10
 [[ -n "$ctld" ]] && stop_pid "$ctld" slurmctld 10
 [[ -z "$slurmd_pid$ctld" ]] && log "slurmctld/slurmd of $STATE_DIR not running"
+# Accounting after slurmctld (which sends slurmdbd its last job records on the way down), MariaDB last.
+[[ -n "$dbd" ]] && stop_pid "$dbd" slurmdbd 10
+[[ -n "$db" ]] && stop_pid "$db" mariadbd 20
 
 # 3. Strays: slurmstepd (and anything else) forked from our slurmd carries DPO_SWEEPS_SLURM_DIR in its env.
 for env_file in /proc/[0-9]*/environ; do
@@ -69,15 +75,29 @@ for env_file in /proc/[0-9]*/environ; do
     if grep -qzxF "DPO_SWEEPS_SLURM_DIR=$STATE_DIR" "$env_file" 2>/dev/null; then
         cmd="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null || true)"
         case "$cmd" in
-        slurmstepd* | *slurmd* | *slurmctld*)
+        slurmstepd* | *slurmd* | *slurmctld* | *mariadbd*)
             kill -KILL "$pid" 2>/dev/null && log "killed stray $cmd(pid $pid)"
             ;;
         esac
     fi
 done
 
-# 4. munged, only if slurm-up started it.
-if [[ -f "$STATE_DIR/run/munged.started-by-slurm-up" ]]; then
+# 4. munged, only if slurm-up started it and no other cluster (another DPO_SWEEPS_SLURM_DIR) still uses it: there is
+# one munged per machine, shared by every cluster on it.
+other_slurm_daemons() {
+    local f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid="${f#/proc/}"
+        pid="${pid%/cmdline}"
+        case "$({ tr '\0' ' ' <"$f"; } 2>/dev/null || true)" in
+        slurmctld* | slurmd* | slurmdbd* | */slurmctld* | */slurmd* | */slurmdbd*) echo "$pid" ;;
+        esac
+    done
+}
+if [[ -f "$STATE_DIR/run/munged.started-by-slurm-up" && -n "$(other_slurm_daemons)" ]]; then
+    log "munged is still used by other SLURM daemons (pids $(other_slurm_daemons | tr '\n' ' ')); leaving it running"
+    rm -f "$STATE_DIR/run/munged.started-by-slurm-up"
+elif [[ -f "$STATE_DIR/run/munged.started-by-slurm-up" ]]; then
     mpid="$(our_pid /run/munge/munged.pid munged)"
     [[ -n "$mpid" ]] || mpid="$(pid_from "$STATE_DIR/run/munged.started-by-slurm-up")"
     if pid_alive "$mpid" && grep -qa munged "/proc/$mpid/cmdline" 2>/dev/null; then
@@ -90,5 +110,5 @@ else
     log "munged was not started by slurm-up; leaving it alone"
 fi
 
-rm -f "$STATE_DIR/env.sh" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid"
+rm -f "$STATE_DIR/env.sh" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid" "$STATE_DIR/run/slurmdbd.pid"
 log "done; logs kept in $STATE_DIR/log"

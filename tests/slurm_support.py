@@ -7,9 +7,12 @@ conftest.py re-exports the fixture:
 Where no cluster runs, a test that uses `slurm_cluster` is skipped with "run `make slurm-up`", except under
 CI=true, where it fails: CI starts the cluster, so a missing one there is a broken pipeline, not an optional test.
 
-There is no accounting database on this cluster: `sacct` does not work, submitit's `job.state` stays UNKNOWN and
-`job.result()` waits for its result pickle forever when a job dies without writing one. Read states with
-`squeue_states` / `job_info`, and wait for results with `job_result`, which has a deadline.
+The cluster keeps job accounting (slurmdbd + MariaDB, started by slurm-up.sh): `sacct` works, so submitit reads real
+job states (`job.state` == "CANCELLED by 0" after a scancel) and the fixture checks that it does: a cluster without
+accounting (started by an older slurm-up.sh) is "not usable" like a missing one. `sacct_states` reads finished jobs
+for good; `squeue_states` / `job_info` read slurmctld's view, which forgets a finished job after MinJobAge=300 s.
+Wait for results with `job_result`, which has a deadline (submitit's own `job.result()` waits for a result pickle,
+and with sacct gives up on a dead job only after its own timeout).
 """
 
 from __future__ import annotations
@@ -67,6 +70,13 @@ class SlurmCluster:
         if out.returncode != 0:  # "Invalid job id specified" for a purged or unknown job
             return []
         return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+    def sacct_states(self, job_id: str | int) -> dict[str, str]:
+        """{job id ("12_0" for an array task): state} from the accounting database (allocations only, no steps).
+        {} while the database does not know the job yet (it lags slurmctld by a second or two)."""
+        out = self.run("sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "JobID,State", check=False)
+        rows = (line.split("|") for line in out.stdout.splitlines() if "|" in line)
+        return {jid: state for jid, state in rows} if out.returncode == 0 else {}
 
     def job_info(self, job_id: str | int) -> dict[str, str]:
         """`scontrol show job` as a flat dict (JobState, Restarts, Partition, ExitCode, StdOut, ...); {} if unknown."""
@@ -126,6 +136,17 @@ def _probe(env: dict[str, str]) -> str | None:
         return f"sinfo failed: {(out.stderr or out.stdout).strip()}"
     if not states[0].startswith(("idle", "mixed", "alloc", "completing")):
         return f"the node is {states[0]}"
+    try:
+        acct = subprocess.run(
+            ["sacct", "-n", "-X", "-o", "JobID"], env={**os.environ, **env}, capture_output=True, text=True, timeout=15
+        )
+    except FileNotFoundError:
+        return "sacct is not installed (bash launch/install-slurm.sh)"
+    except subprocess.TimeoutExpired:
+        return "sacct did not answer within 15 s (is slurmdbd up?)"
+    if acct.returncode != 0:
+        why = (acct.stderr or acct.stdout).strip()[:200]
+        return f"it has no job accounting (sacct: {why}); restart it: make slurm-down && make slurm-up"
     return None
 
 

@@ -1,4 +1,5 @@
-"""Sweeps on the local SLURM cluster through `hydra/launcher=slurm`: DDP ranks, secrets, preemption and resume."""
+"""Sweeps on the local SLURM cluster through `hydra/launcher=slurm_local` (the `slurm` launcher with the local
+cluster's resources): DDP ranks, secrets, preemption and resume."""
 
 from __future__ import annotations
 
@@ -16,14 +17,8 @@ from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixtur
 
 pytestmark = pytest.mark.slurm
 
-# The local cluster: default partition, no GPUs, one core per task. timeout_min stays > 10 (see slurm.yaml).
-LOCAL_SLURM = [
-    "hydra/launcher=slurm",
-    "hydra.launcher.gpus_per_node=null",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=null",
-    "hydra.launcher.timeout_min=60",
-]
+# The local cluster's profile: default partition, no GPUs, one core per task, timeout_min 60 (> 10, see slurm.yaml).
+LOCAL_SLURM = ["hydra/launcher=slurm_local"]
 SECRET = "sk-test-3f9a-do-not-leak"
 
 

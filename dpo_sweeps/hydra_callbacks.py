@@ -59,10 +59,19 @@ class SweepSummary(Callback):
         from dpo_sweeps.preflight import preflight
 
         preflight(config)
+        # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
+        # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
+        # its own (job.py).
+        if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
+            from dpo_sweeps.status import SweepWatcher
+
+            self.watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run"):
             return
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.stop()
         # Relative to where the command started, which is the current directory here (hydra.job.chdir=false).
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect(sweep_dir)

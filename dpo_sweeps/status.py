@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dpo_sweeps import run_folder
+from dpo_sweeps import console, run_folder
 
 PENDING, QUEUED, RUNNING, REQUEUED = "pending", "queued", run_folder.RUNNING, run_folder.REQUEUED
 COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, "cancelled"
@@ -274,6 +274,63 @@ def collect(sweep_dir: Path, now: float | None = None, query_slurm: bool = True)
     return points
 
 
+class SweepWatcher:
+    """For launchers that run points in other processes (submitit local, SLURM): prints a point's line when it starts
+    and when it ends, from the submitting process, by polling `collect` every `interval_s` on a daemon thread."""
+
+    def __init__(self, sweep_dir: Path, interval_s: float = 5.0, stream=None):
+        import threading
+
+        self.sweep_dir, self.interval_s, self.stream = sweep_dir, interval_s, stream or sys.stdout
+        self.seen: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dpo-sweeps-watcher", daemon=True)
+
+    def start(self) -> SweepWatcher:
+        # What the folders hold before this invocation (a previous attempt's failure) is not news.
+        self.seen = {p.name: p.state for p in collect(self.sweep_dir, query_slurm=False)}
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling and print what changed since the last poll (the sweep is over: no more lines after this)."""
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + SLURM_CALL_TIMEOUT_S * 2)
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception as exc:  # a status glitch must never take the sweep down
+                print(f"(sweep status unavailable: {type(exc).__name__}: {exc})", file=self.stream, flush=True)
+
+    def poll(self) -> None:
+        points = collect(self.sweep_dir)
+        for i, p in enumerate(points):
+            before = self.seen.get(p.name)
+            if before == p.state:
+                continue
+            self.seen[p.name] = p.state
+            line = self.transition(before, p)
+            if line:
+                print(console.point_line(i, len(points), p.name, *line), file=self.stream, flush=True)
+
+    @staticmethod
+    def transition(before: str | None, p: PointStatus) -> tuple[str, str] | None:
+        job = f"SLURM job {p.job_id}" if p.job_id else ""
+        if p.state == RUNNING and before != RUNNING:
+            return ("started", f"({job})" if job else "")
+        if p.state == REQUEUED:
+            return ("requeued", p.reason or "")
+        if p.state == COMPLETED and before is not None:
+            acc = f", last reward acc {p.reward_accuracy:.3f}" if p.reward_accuracy is not None else ""
+            return ("completed", f"in {console.duration(p.elapsed_s)}{acc}")
+        if p.state in (FAILED, CANCELLED):
+            return (p.state, (p.reason or "").splitlines()[0][:200] if p.reason else "")
+        return None
+
+
 # ----------------------------------------------------------------------------------------------------------- output
 
 
@@ -286,15 +343,6 @@ def exit_code(points: list[PointStatus]) -> int:
     return EXIT_ALL_COMPLETED
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def _cells(p: PointStatus) -> list[str]:
     step = "-" if p.step is None else (f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step))
     return [
@@ -303,8 +351,8 @@ def _cells(p: PointStatus) -> list[str]:
         step,
         "-" if p.loss is None else f"{p.loss:.4f}",
         "-" if p.reward_accuracy is None else f"{p.reward_accuracy:.3f}",
-        _duration(p.elapsed_s),
-        _duration(p.eta_s) if p.state == RUNNING else "-",
+        console.duration(p.elapsed_s),
+        console.duration(p.eta_s) if p.state == RUNNING else "-",
         "-" if p.attempts is None else str(p.attempts),
         p.job_id or "-",
     ]

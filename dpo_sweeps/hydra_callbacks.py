@@ -15,6 +15,10 @@ from dpo_sweeps import naming, run_folder
 log = logging.getLogger(__name__)
 
 # Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
+# The submitting process's SweepWatcher (status.py), if any. Not an attribute of the callback: submitit pickles the
+# launcher with Hydra's callbacks for every job, and a thread does not pickle.
+_watcher = None
+
 ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
 
 
@@ -65,13 +69,14 @@ class SweepSummary(Callback):
         if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
             from dpo_sweeps.status import SweepWatcher
 
-            self.watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
+            global _watcher
+            _watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run"):
             return
-        if getattr(self, "watcher", None) is not None:
-            self.watcher.stop()
+        if _watcher is not None:
+            _watcher.stop()
         # Relative to where the command started, which is the current directory here (hydra.job.chdir=false).
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect(sweep_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -39,6 +40,30 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     # "Failed to load CPU gemm_4bit_forward from kernels-community": bitsandbytes falls back to its own CPU kernels.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets the first record of each message through, drops repeats ("Call #N - " counters ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"Call #\d+ - ", "", record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_submitter() -> None:
+    """In the process that submits and waits on a sweep: submitit repeats "Bypassing sacct error ... status may be
+    inaccurate" on every poll where SLURM has no accounting (logged twice per poll: its own handler and Hydra's). Say
+    it once; the points' own lines and `dpo_sweeps.status` carry the news."""
+    submitit_log = logging.getLogger("submitit")
+    if not any(isinstance(f, _OncePerMessage) for f in submitit_log.filters):
+        submitit_log.addFilter(_OncePerMessage())
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -67,7 +67,10 @@ class SweepSummary(Callback):
         # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
         # its own (job.py).
         if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
+            from dpo_sweeps.console import quiet_submitter
             from dpo_sweeps.status import SweepWatcher
+
+            quiet_submitter()
 
             global _watcher
             _watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()

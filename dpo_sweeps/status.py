@@ -324,7 +324,9 @@ class SweepWatcher:
         if p.state == REQUEUED:
             return ("requeued", p.reason or "")
         if p.state == COMPLETED and before is not None:
-            acc = f", last reward acc {p.reward_accuracy:.3f}" if p.reward_accuracy is not None else ""
+            final = run_folder.read_json(Path(p.run_dir) / run_folder.METRICS_FILE) or {}
+            acc = final.get("eval_rewards/accuracies")
+            acc = f", eval reward acc {acc:.3f}" if isinstance(acc, int | float) else ""
             return ("completed", f"in {console.duration(p.elapsed_s)}{acc}")
         if p.state in (FAILED, CANCELLED):
             return (p.state, (p.reason or "").splitlines()[0][:200] if p.reason else "")

@@ -198,3 +198,17 @@ def test_json_output_has_one_object_per_point(tmp_path):
     )
     assert [(p["name"], p["state"]) for p in json.loads(proc.stdout)] == [("a", "completed"), ("b", "pending")]
     assert proc.returncode == 3
+
+
+def test_watch_returns_once_nothing_is_left_to_wait_for(tmp_path):
+    import threading
+
+    sweep = _sweep(tmp_path, ["a", "b"])
+    _point(sweep, "a", "completed")
+    _point(sweep, "b", "running", {"step": 3, "max_steps": 10, "started_at": NOW, "updated_at": NOW})
+    finish = threading.Timer(1.0, lambda: run_folder.update_status(sweep / "b", state="failed", error="boom"))
+    finish.start()
+    t0 = time.monotonic()
+    code = status.main([str(sweep), "--watch", "0.2", "--no-slurm"])
+    finish.join()
+    assert code == status.EXIT_FAILED and 0.9 < time.monotonic() - t0 < 10

@@ -107,3 +107,61 @@ def test_status_shows_a_running_slurm_point_with_its_step_then_every_point_compl
 
 def _console(tmp_path) -> str:
     return (tmp_path / "sweep_console.txt").read_text()[-6000:]
+
+
+@pytest.mark.slow
+def test_a_task_cancelled_outright_shows_as_cancelled_while_its_folder_still_says_running(
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    tiny_model_paths,
+):
+    # scancel without a checkpoint signal (an admin, an OOM kill): the job never records its end in status.json; the
+    # status command must still tell it apart from a running point, from SLURM's record.
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model=tiny_qwen", *TINY, *LOCAL_SLURM, "training.max_steps=5000", "training.logging_steps=5"]
+    args += ["training.eval_before_training=false", "training.sample_completions=0", "beta=0.1,0.3"]
+    log = (tmp_path / "sweep_console.txt").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *args, f"hydra.sweep.dir={sweep}"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=log,
+    )
+    job_ids: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        points: list[dict] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            out = _status(sweep, "--json")
+            points = json.loads(out.stdout) if out.stdout.strip() else []
+            job_ids = [p["job_id"] for p in points if p["job_id"]]
+            if len(points) == 2 and all(p["state"] == "running" and (p["step"] or 0) > 0 for p in points):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"both points never ran: {points}; {_console(tmp_path)}")
+        victim = points[0]["job_id"]
+        slurm_cluster.run("scancel", victim)
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = _status(sweep, "--json")
+            states = {p["name"]: p for p in json.loads(out.stdout)}
+            if states["beta=0.1"]["state"] == "cancelled":
+                break
+            time.sleep(0.5)
+        assert states["beta=0.1"]["state"] == "cancelled", states
+        assert "CANCELLED" in states["beta=0.1"]["reason"]
+        assert states["beta=0.3"]["state"] == "running"
+        folder = json.loads((sweep / "beta=0.1" / "status.json").read_text())
+        assert folder["state"] == "running", "the killed job could not record anything: SLURM is the only witness"
+        table = _status(sweep)
+        assert table.returncode == 1, table.stdout
+        assert re.search(r"beta=0.1: SLURM: CANCELLED", table.stdout), table.stdout
+    finally:
+        for job in {j.split("_")[0] for j in job_ids}:
+            slurm_cluster.run("scancel", job, check=False)
+        proc.kill()
+        proc.wait(timeout=30)
+        log.close()

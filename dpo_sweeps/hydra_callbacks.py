@@ -14,11 +14,11 @@ from dpo_sweeps import naming, run_folder
 
 log = logging.getLogger(__name__)
 
-# Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
 # The submitting process's SweepWatcher (status.py), if any. Not an attribute of the callback: submitit pickles the
 # launcher with Hydra's callbacks for every job, and a thread does not pickle.
 _watcher = None
 
+# Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
 ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
 
 
@@ -71,7 +71,6 @@ class SweepSummary(Callback):
             from dpo_sweeps.status import SweepWatcher
 
             quiet_submitter()
-
             global _watcher
             _watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
 

@@ -209,7 +209,13 @@ def squeue_states(array_ids: set[str]) -> dict[str, tuple[str, str]]:
     """Task id -> (state, reason) for every task slurmctld remembers, finished ones included (MinJobAge)."""
     if not array_ids:
         return {}
-    out = _slurm(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(sorted(array_ids)), "-o", "%i|%T|%r"])
+
+    def query(ids):
+        return _slurm(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(sorted(ids)), "-o", "%i|%T|%r"])
+
+    out = query(array_ids)
+    if out is None and len(array_ids) > 1:  # one purged id makes squeue refuse the whole list: ask one by one
+        out = "".join(query([i]) or "" for i in array_ids)
     states = {}
     for line in (out or "").splitlines():
         parts = line.strip().split("|")
@@ -237,8 +243,6 @@ def merge_slurm(point: PointStatus, slurm_state: str | None, slurm_reason: str =
     if point.state in (COMPLETED, FAILED) or slurm_state is None:
         return point
     base = slurm_state.split()[0]  # "CANCELLED by 0"
-    if point.state == REQUEUED:
-        return point
     if base in SLURM_WAITING:
         point.state = QUEUED if point.state == PENDING else REQUEUED
         point.reason = slurm_reason or point.reason

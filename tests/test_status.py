@@ -11,7 +11,7 @@ from pathlib import Path
 from dpo_sweeps import run_folder, status
 from tests.helpers import REPO
 
-NOW = time.time()
+NOW = float(int(time.time()))  # whole seconds, as status.json times are
 
 
 def _iso(t: float) -> str:
@@ -104,6 +104,9 @@ def test_slurm_states_tell_queued_requeued_cancelled_and_killed_points_apart():
     assert merged("pending", "PENDING", "Resources").state == "queued"
     assert merged("pending", "RUNNING").state == "running"  # started, status.json not written yet
     assert merged("running", "PENDING", "BeginTime").state == "requeued"  # preempted, waiting to come back
+    assert merged("requeued", "PENDING").state == "requeued"
+    assert merged("requeued", "RUNNING").state == "running"  # back, before its job rewrote status.json
+    assert merged("requeued", "CANCELLED").state == "cancelled"
     killed = merged("running", "CANCELLED by 0")
     assert killed.state == "cancelled" and "CANCELLED by 0" in killed.reason
     oom = merged("running", "OUT_OF_MEMORY")

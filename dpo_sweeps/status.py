@@ -259,10 +259,13 @@ def collect(sweep_dir: Path, now: float | None = None, query_slurm: bool = True)
     now = time.time() if now is None else now
     dirs = point_dirs(sweep_dir)
     points = [read_point(d, now) for d in dirs]
-    tasks = submitted_tasks(sweep_dir, len(points))
+    # A launcher that records each point's job id in sweep_points.json ("slurm_job_id") is taken at its word; else
+    # the ids are read off submitit's task folders.
+    recorded = [str(e.get("slurm_job_id") or "") for e in run_folder.read_sweep_points(sweep_dir) or []]
+    tasks = submitted_tasks(sweep_dir, len(points)) if not any(recorded) else {}
     for i, p in enumerate(points):
-        if p.job_id is None and i in tasks:
-            p.job_id = tasks[i]
+        if p.job_id is None:
+            p.job_id = (recorded[i] if i < len(recorded) and recorded[i] else None) or tasks.get(i)
     if not query_slurm:
         return points
     # Only points without a final state need SLURM's word.

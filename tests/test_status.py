@@ -215,3 +215,13 @@ def test_watch_returns_once_nothing_is_left_to_wait_for(tmp_path):
     code = status.main([str(sweep), "--watch", "0.2", "--no-slurm"])
     finish.join()
     assert code == status.EXIT_FAILED and 0.9 < time.monotonic() - t0 < 10
+
+
+def test_job_ids_recorded_in_sweep_points_json_win_over_the_submitit_folders(tmp_path):
+    sweep = _sweep(tmp_path, ["a", "b"])
+    points = json.loads((sweep / "sweep_points.json").read_text())
+    points[0]["slurm_job_id"], points[1]["slurm_job_id"] = "77_0", "77_1"
+    run_folder.write_json_atomic(sweep / "sweep_points.json", points)
+    (sweep / ".submitit" / "5_0").mkdir(parents=True)
+    (sweep / ".submitit" / "5_1").mkdir()
+    assert [p.job_id for p in status.collect(sweep, query_slurm=False)] == ["77_0", "77_1"]

@@ -73,7 +73,7 @@ def test_cli_run_leaves_a_self_describing_folder(tmp_path):
     # no tokenizer/map progress bars, no library FutureWarnings.
     console = proc.stdout + proc.stderr
     assert not [line for line in console.splitlines() if line.lstrip().startswith("{'")], console[-3000:]
-    for noise in ("Tokenizing", "examples/s", "FutureWarning", "Loading weights"):
+    for noise in ("Tokenizing", "examples/s", "FutureWarning", "Loading weights", "kernels-community"):
         assert noise not in console, f"{noise!r} in the console:\n{console[-3000:]}"
     assert "eval before training: loss 0.6931" in console
     assert "step 40/40" in console and "eval at step 40: loss" in console

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 register_schemas()
 register_path_resolvers()
+# conf/hydra/launcher/submitit_local.yaml deliberately shadows the plugin's schema of the same name (see the file);
+# Hydra's deprecation notice about it, printed four times per sweep, tells a user nothing they can act on.
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*validated against ConfigStore schema with the same name", category=UserWarning
+)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

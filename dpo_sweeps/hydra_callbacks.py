@@ -14,6 +14,10 @@ from dpo_sweeps import naming, run_folder
 
 log = logging.getLogger(__name__)
 
+# The submitting process's SweepWatcher (status.py), if any. Not an attribute of the callback: submitit pickles the
+# launcher with Hydra's callbacks for every job, and a thread does not pickle.
+_watcher = None
+
 # Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
 ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
 
@@ -59,10 +63,22 @@ class SweepSummary(Callback):
         from dpo_sweeps.preflight import preflight
 
         preflight(config)
+        # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
+        # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
+        # its own (job.py).
+        if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
+            from dpo_sweeps.console import quiet_submitter
+            from dpo_sweeps.status import SweepWatcher
+
+            quiet_submitter()
+            global _watcher
+            _watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run"):
             return
+        if _watcher is not None:
+            _watcher.stop()
         # Relative to where the command started, which is the current directory here (hydra.job.chdir=false).
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect(sweep_dir)

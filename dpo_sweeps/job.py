@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 import traceback
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import cluster, run_folder, search, tracking
+from dpo_sweeps import cluster, console, run_folder, search, tracking
 from dpo_sweeps.validation import validate
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,17 @@ def _move_previous_attempt(run_dir: Path) -> Path:
     return dest
 
 
+def _announce(multirun: bool, hydra_cfg, run_dir: Path, event: str, detail: str = "") -> None:
+    """A sweep's one line per point as it starts and ends (in the job's own output: the console with the in-process
+    launcher, the point's log otherwise)."""
+    if multirun and cluster.is_main_process():
+        total = len(run_folder.read_sweep_points(run_dir.parent) or []) or None
+        num = hydra_cfg.job.get("num")
+        print(console.point_line(num, total, run_dir.name, event, detail), flush=True)
+
+
 def run_sweep_point(cfg: DictConfig) -> float:
+    console.quiet_libraries()  # before anything imports transformers/datasets
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -52,6 +63,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
     if status.get("state") == run_folder.COMPLETED:
         if not cfg.rerun:
             log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
+            _announce(multirun, hydra_cfg, run_dir, "skipped", "(already completed; rerun=true trains it again)")
             metrics = run_folder.read_json(run_dir / run_folder.METRICS_FILE)
             return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
@@ -73,6 +85,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
         error=None,
         traceback=None,
     )
+    _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1})")
+    started = time.time()
     try:
         validate(cfg)
         if cluster.is_main_process():
@@ -94,10 +108,17 @@ def run_sweep_point(cfg: DictConfig) -> float:
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
+        _announce(multirun, hydra_cfg, run_dir, "failed", f"after {console.duration(time.time() - started)}: {exc}")
+        message = None if multirun else console.user_error_message(exc, run_dir)
+        if message:  # the user's config or data: the problem list is the whole story, a traceback only hides it
+            raise SystemExit(message) from None
         # Optuna's sweeper records a raising job as a failed trial; NaN would end the search (see search.py).
         if not multirun or search.sweeper_takes_exceptions():
             raise
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
         return math.nan
     update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
+    acc = metrics.get("eval_rewards/accuracies")
+    result = f", eval reward acc {acc:.3f}" if isinstance(acc, int | float) else ""
+    _announce(multirun, hydra_cfg, run_dir, "completed", f"in {console.duration(time.time() - started)}{result}")
     return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)

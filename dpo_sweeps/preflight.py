@@ -18,7 +18,6 @@ Import-light: Hydra and our validation only.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from dpo_sweeps.validation import ConfigError, find_problems
 
 log = logging.getLogger(__name__)
 
-POINTS_FILE = "sweep_points.json"
+POINTS_FILE = run_folder.SWEEP_POINTS_FILE
 # Launcher keys worth showing in the grid, in this order (whichever the launcher has).
 RESOURCE_KEYS = (
     "partition",
@@ -207,7 +206,4 @@ def preflight(config: DictConfig) -> None:
 
 
 def load_points(sweep_dir: Path) -> list[dict] | None:
-    try:
-        return json.loads((Path(sweep_dir) / POINTS_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    return run_folder.read_sweep_points(sweep_dir)

@@ -3,6 +3,7 @@
     config.yaml      the resolved config (no ${...} left)
     status.json      state (running/completed/failed/requeued), times, host, overrides, SLURM ids, error + traceback
     metrics.jsonl    one JSON object per logged step (train and eval), appended as training goes
+    progress.json    while training: step / max_steps, last loss and reward accuracy, times (for `dpo_sweeps.status`)
     metrics.json     the final metrics: eval_* (after training), initial_eval_* (before), train_*, data/*, ref_cache
     adapter/ or model/   the trained LoRA adapter or full model, with the tokenizer (merged/ optionally)
     samples.jsonl    completions for held-out prompts from the reference and the trained policy
@@ -28,6 +29,9 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SAMPLES_FILE = "samples.jsonl"
+PROGRESS_FILE = "progress.json"
+# In the sweep folder: the points of the last invocation, in launch order (written by preflight.py).
+SWEEP_POINTS_FILE = "sweep_points.json"
 MODEL_CARD_FILE = "README.md"
 
 RUNNING, COMPLETED, FAILED, REQUEUED = "running", "completed", "failed", "requeued"
@@ -87,6 +91,13 @@ def update_status(folder: str | os.PathLike, /, **fields: Any) -> dict:
     status["updated_at"] = now_iso()
     write_json_atomic(Path(folder) / STATUS_FILE, status)
     return status
+
+
+def read_sweep_points(sweep_dir: str | os.PathLike) -> list[dict] | None:
+    try:
+        return json.loads((Path(sweep_dir) / SWEEP_POINTS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def slurm_ids() -> dict[str, str]:

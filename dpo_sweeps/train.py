@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from dpo_sweeps import checkpoints, cluster, run_folder, tracking
+from dpo_sweeps import checkpoints, cluster, console, progress, run_folder, tracking
 from dpo_sweeps.data import load_preference_data
 from dpo_sweeps.models import LoadedModels, load_models, resolve_dtype, uses_gpu
 
@@ -206,6 +206,11 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ],
     )
     trainer, models, data, ref_info = built.trainer, built.models, built.data, built.ref_info
+    # A progress display and progress.json instead of HF's raw dict per logging step (console.py, progress.py).
+    progress.install(trainer, run_dir)
+    if trainer.is_world_process_zero():
+        sizes = {"train": len(data.train), **({"eval": len(data.eval)} if data.eval is not None else {})}
+        print("\n".join(console.data_lines(data.stats, sizes)), flush=True)
     # Started once the data passed validation: a run refused for bad rows opens no W&B run.
     tracker = tracking.start(cfg, run_dir)
     trainer.add_callback(tracking.make_callback(tracker))

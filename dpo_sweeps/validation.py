@@ -1,16 +1,18 @@
 """Range checks and cross-group rules, all in one place, all reported at once.
 
-The dataclass schemas (`config_schema.py`) already reject unknown keys and wrong types while Hydra composes. This
-module checks what a type cannot say: ranges, allowed values, and rules that span groups (quantization needs LoRA,
-a pre-quantized model takes no extra quantization, ...). Every message names the key, the value and the fix.
+The dataclass schemas (`config_schema.py`) reject unknown keys and wrong types while Hydra composes, except keys added
+with `+` (checked here, `_check_unknown_keys`). This module checks what a type cannot say: ranges, allowed values, and
+rules that span groups (quantization needs LoRA, a pre-quantized model takes no extra quantization, ...). Every message names the key, the value and the fix.
 Never "fixes" a user's setting silently. Imports nothing heavy: it runs before any job is submitted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 TRL_LOSS_TYPES = (
     "sigmoid",
@@ -244,6 +246,36 @@ def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:
         )
 
 
+def _unknown_keys(node: DictConfig, prefix: str, problems: list[str]) -> None:
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return  # a free-form dict (training.fsdp_config): any key is the user's
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        key = str(key)
+        if prefix == "" and key == "hydra":
+            continue  # the sweep-level config carries Hydra's own node next to ours
+        full = f"{prefix}{key}"
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix}{near[0]}?" if near else f"valid keys: {', '.join(known)}."
+            value = OmegaConf.to_container(node, resolve=False).get(key)
+            problems.append(
+                f"{full}={value}: unknown key, {hint} (`+` adds a key to a typed group unchecked; Hydra refuses the "
+                "same typo without `+`). Fix: correct the name, or drop the override."
+            )
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _unknown_keys(child, f"{full}.", problems)
+
+
+def _check_unknown_keys(cfg: DictConfig, problems: list[str]) -> None:
+    """Hydra applies `+group.key=value` inside open_dict, so a typo added with `+` slips past the dataclass schema
+    (which refuses the same key without `+`). Every key is checked against its group's schema here."""
+    _unknown_keys(cfg, "", problems)
+
+
 def reference_needed(cfg: DictConfig) -> bool:
     """Whether the loss reads reference log-probs at all. Every TRL 1.16 DPO loss does, except plain `sft`."""
     types = {cfg.loss.type, *cfg.loss.extra_types}
@@ -251,6 +283,7 @@ def reference_needed(cfg: DictConfig) -> bool:
 
 
 CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
+    _check_unknown_keys,
     _check_model,
     _check_lora,
     _check_quantization,

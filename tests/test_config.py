@@ -123,3 +123,23 @@ def test_cli_refuses_bad_config_before_building_a_model(tmp_path, args, named):
     assert named in proc.stderr + proc.stdout
     # Nothing was trained or saved: no resolved config, no metrics, no adapter.
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "nearest"),
+    [
+        ("+lora.rr=4", "lora.rr=4", "lora.r"),
+        ("+training.lerning_rate=1e-5", "training.lerning_rate", "training.learning_rate"),
+        ("+dataset.columns.promt=q", "dataset.columns.promt=q", "dataset.columns.prompt"),
+    ],
+)
+def test_a_key_added_with_plus_to_a_typed_group_is_refused_naming_the_nearest_key(override, named, nearest):
+    # Hydra applies `+key=value` with the struct flag off, so the dataclass schema alone lets these through.
+    cfg = compose_config(["model=tiny_qwen", "dataset=local", "dataset.path=/data/p.jsonl", override])
+    problems = [p for p in find_problems(cfg) if named in p]
+    assert len(problems) == 1, find_problems(cfg)
+    assert f"did you mean {nearest}?" in problems[0]
+
+
+def test_the_sweep_level_config_with_its_hydra_node_has_no_unknown_keys():
+    assert find_problems(compose_config(["model=tiny_qwen", "dataset=toy"], return_hydra_config=True)) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,12 +160,18 @@ def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_complet
     assert "Traceback" in bad_status["traceback"]
     assert "Sweep summary: 1 completed, 1 failed" in first.stdout
     assert f"completed {good}" in first.stdout and f"failed    {bad}" in first.stdout
+    # The submitting console follows the points (each runs in its own process): one line as each ends, and no
+    # Hydra schema-matching notice for the shadowed submitit_local schema.
+    assert re.search(rf"\[\d/2\] {re.escape(bad.name)}: failed .*missing\.jsonl", first.stdout), first.stdout
+    assert re.search(rf"\[\d/2\] {re.escape(good.name)}: completed in ", first.stdout), first.stdout
+    assert "ConfigStore schema with the same name" not in first.stderr
 
     metrics_before = (good / "metrics.json").read_bytes()
     mtime_before = (good / "metrics.json").stat().st_mtime_ns
     second = run_cli(args, check=False)
     assert second.returncode == 1
     assert "already completed" in second.stdout + second.stderr
+    assert f"{good.name}: skipped (already completed" in second.stdout
     assert (good / "metrics.json").read_bytes() == metrics_before
     assert (good / "metrics.json").stat().st_mtime_ns == mtime_before
     assert read_json(bad / "status.json")["attempts"] == 2

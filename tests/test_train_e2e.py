@@ -67,7 +67,19 @@ def test_dpo_trains_each_architecture(tmp_path, tiny_model_paths, arch, mode):
 
 def test_cli_run_leaves_a_self_describing_folder(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli(["model=tiny_llama", *TINY, "beta=0.2", "training.save_merged=true", f"hydra.run.dir={run_dir}"])
+    proc = run_cli(["model=tiny_llama", *TINY, "beta=0.2", "training.save_merged=true", f"hydra.run.dir={run_dir}"])
+
+    # The console a person reads: progress lines and one line per evaluation, no raw log dicts (HF's PrinterCallback),
+    # no tokenizer/map progress bars, no library FutureWarnings.
+    console = proc.stdout + proc.stderr
+    assert not [line for line in console.splitlines() if line.lstrip().startswith("{'")], console[-3000:]
+    for noise in ("Tokenizing", "examples/s", "FutureWarning", "Loading weights", "kernels-community"):
+        assert noise not in console, f"{noise!r} in the console:\n{console[-3000:]}"
+    assert "eval before training: loss 0.6931" in console
+    assert "step 40/40" in console and "eval at step 40: loss" in console
+    assert "data train: " in console and "data eval: " in console
+    progress = read_json(run_dir / "progress.json")
+    assert (progress["step"], progress["max_steps"]) == (40, 40) and progress["loss"] > 0
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["beta"] == 0.2 and config["model"]["tiny_arch"] == "llama"
@@ -101,7 +113,16 @@ def test_cli_run_leaves_a_self_describing_folder(tmp_path):
 
 def test_cli_sweep_gives_one_folder_per_point(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["model=tiny_qwen", *TINY, "training.max_steps=5", "beta=0.1,0.3", f"hydra.sweep.dir={sweep}", "-m"])
+    proc = run_cli(["model=tiny_qwen", *TINY, "training.max_steps=5", "beta=0.1,0.3", f"hydra.sweep.dir={sweep}", "-m"])
+    # One line per point as it starts and as it ends, in order, then the summary.
+    events = [line for line in proc.stdout.splitlines() if line.startswith("[") and "/2] beta=" in line]
+    assert [e.split(":")[0] + ":" + e.split(":")[1].split()[0] for e in events] == [
+        "[1/2] beta=0.1:started",
+        "[1/2] beta=0.1:completed",
+        "[2/2] beta=0.3:started",
+        "[2/2] beta=0.3:completed",
+    ], proc.stdout
+    assert proc.stdout.index(events[-1]) < proc.stdout.index("Sweep summary: 2 completed")
     points = run_dirs(sweep)
     assert [p.name for p in points] == ["beta=0.1", "beta=0.3"]
     for point, beta in zip(points, (0.1, 0.3), strict=True):

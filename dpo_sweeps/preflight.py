@@ -145,9 +145,27 @@ class _PointComposer:
         return cfg
 
 
+# This process's last check (the points and how long it took): our SLURM launcher submits from it instead of
+# composing every point again (dpo_sweeps/slurm/launcher.py).
+_LAST_CHECK: dict[str, Any] = {"points": [], "seconds": 0.0}
+
+
+def checked_points() -> list[dict]:
+    return _LAST_CHECK["points"]
+
+
+def last_check_seconds() -> float:
+    return _LAST_CHECK["seconds"]
+
+
+def _uses_our_slurm_launcher(config: DictConfig) -> bool:
+    return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher")
+
+
 def check_sweep(config: DictConfig) -> list[dict]:
     """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points."""
     loader = GlobalHydra.instance().config_loader()
+    _LAST_CHECK.update(points=[], seconds=0.0)
     if not _uses_basic_sweeper(config):
         problems = find_problems(config)
         if problems:
@@ -156,6 +174,11 @@ def check_sweep(config: DictConfig) -> list[dict]:
     tic = time.perf_counter()
     points, bad = [], []
     all_points = expand(config, loader)
+    if _uses_our_slurm_launcher(config) and not config.get("dry_run"):
+        # Before composing (~20 ms a point): a sweep the site's job limits cannot take is refused in seconds.
+        from dpo_sweeps.slurm.checks import refuse_if_too_large
+
+        refuse_if_too_large(config, all_points)
     compose_point = _PointComposer(config, loader)
     for overrides in all_points:
         cfg = compose_point(overrides)
@@ -177,6 +200,7 @@ def check_sweep(config: DictConfig) -> list[dict]:
     )
     if bad:
         raise SweepValidationError(bad, len(all_points))
+    _LAST_CHECK.update(points=points, seconds=time.perf_counter() - tic)
     return points
 
 
@@ -189,6 +213,10 @@ def preflight(config: DictConfig) -> None:
         raise SystemExit(f"Error: {err}") from None
     if config.get("dry_run"):
         print(format_grid(points, config), flush=True)
+        if _uses_our_slurm_launcher(config):
+            from dpo_sweeps.slurm.checks import describe_split
+
+            print(describe_split(config, points), flush=True)
         print("dry_run=true: nothing was run or submitted.", flush=True)
         raise SystemExit(0)
     if points:

@@ -12,6 +12,8 @@
 #   DPO_SWEEPS_SLURMCTLD_PORT       slurmctld port (not the default 6817, so a real install is left alone)   16817
 #   DPO_SWEEPS_SLURMD_PORT          slurmd port                                      default 16818
 #   DPO_SWEEPS_SLURM_START_TIMEOUT  seconds to wait for the node to become idle      default 60
+#   DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE slurm.conf MaxArraySize (tasks per array job)     default 3 (SLURM's own: 1001)
+#   DPO_SWEEPS_SLURM_MAX_JOB_COUNT  slurm.conf MaxJobCount (jobs slurmctld holds)    default 10000 (SLURM's own)
 # Needs root: slurmd launches jobs and munged runs as the munge user.
 set -euo pipefail
 
@@ -20,6 +22,9 @@ STATE_DIR="${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}"
 CTLD_PORT="${DPO_SWEEPS_SLURMCTLD_PORT:-16817}"
 SLURMD_PORT="${DPO_SWEEPS_SLURMD_PORT:-16818}"
 START_TIMEOUT="${DPO_SWEEPS_SLURM_START_TIMEOUT:-60}"
+# Deliberately small: every test sweep of 4+ points is split into several arrays, as on a site with a low limit.
+MAX_ARRAY_SIZE="${DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE:-3}"
+MAX_JOB_COUNT="${DPO_SWEEPS_SLURM_MAX_JOB_COUNT:-10000}"
 # Marks a directory as ours, so that a fresh start may delete it (and nothing else).
 MARKER=".dpo_sweeps_slurm_state"
 PATH="$PATH:/usr/sbin:/sbin"
@@ -166,6 +171,10 @@ SchedulerParameters=sched_interval=1,bf_interval=1
 KillWait=5
 # Finished jobs stay visible to squeue/scontrol for this many seconds (there is no sacct).
 MinJobAge=300
+# Site limits the sweep launcher reads and fits into (dpo_sweeps/slurm/): array task indices go up to MaxArraySize-1;
+# MaxJobCount counts every array task, finished ones too while MinJobAge keeps them.
+MaxArraySize=$MAX_ARRAY_SIZE
+MaxJobCount=$MAX_JOB_COUNT
 
 # Preemption by partition priority: jobs of a higher PriorityTier partition requeue those of "low".
 # preempt_send_user_signal: a preempted job first gets its --signal (submitit: USR2 -> checkpoint + requeue).

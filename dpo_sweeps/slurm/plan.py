@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass
 
 from dpo_sweeps.slurm.site import SiteLimits
-from dpo_sweeps.validation import ConfigError
 
 
-class SweepTooLargeError(ConfigError):
+class SweepTooLargeError(ValueError):
     """The site would refuse part of the sweep: nothing was submitted."""
 
 

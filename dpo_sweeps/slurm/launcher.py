@@ -93,6 +93,12 @@ class _PickledOnce(dict):
         return (pickle.loads, (self._blob,))
 
 
+def _ids(jobs: list) -> str:
+    """The array job ids, in submission order; a long list cut in the middle."""
+    ids = list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs))
+    return ", ".join(ids) if len(ids) <= 6 else f"{', '.join(ids[:3])}, ..., {', '.join(ids[-2:])}"
+
+
 class SweepSlurmLauncher(SlurmLauncher):
     """See the module docstring."""
 
@@ -179,7 +185,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             "%.2f s (limits %.2f s, pickles %.2f s), sbatch %.2f s; %d completed point(s) skipped.",
             len(entries),
             len(plans),
-            ", ".join(sorted({j.job_id.split("_")[0] for j in jobs})),
+            _ids(jobs),
             preflight.last_check_seconds() + time.perf_counter() - tic,
             preflight.last_check_seconds(),
             timing["limits"] + timing["pickles"],

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,10 @@ def _sacctmgr_limits(user: str) -> list[tuple[int, str]]:
 
 def read_limits() -> SiteLimits:
     """Read the site's limits; raises SlurmCommandError only when `scontrol show config` itself fails."""
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        # SLURM would fall back to a DNS lookup for its controller, which can hang for a long time without network.
+        raise SlurmCommandError(f"SLURM_CONF={conf} does not exist")
     config = parse_config(run("scontrol", "show", "config"))
     limits = SiteLimits(
         max_array_size=_int(config.get("MaxArraySize")) or DEFAULT_MAX_ARRAY_SIZE,

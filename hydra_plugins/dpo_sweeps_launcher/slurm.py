@@ -3,5 +3,5 @@
 from dpo_sweeps.slurm.launcher import SweepSlurmLauncher as _Launcher
 
 
-class SweepSlurmLauncher(_Launcher):
+class SlurmLauncher(_Launcher):
     """Registered under this module's name (Hydra requires `hydra_plugins.`); see dpo_sweeps.slurm.launcher."""

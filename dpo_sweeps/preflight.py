@@ -16,9 +16,9 @@ Import-light: Hydra and our validation only.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -128,17 +128,28 @@ class _PointComposer:
     def __init__(self, config: DictConfig, loader):
         self.config, self.loader = config, loader
         self.parser = OverridesParser.create(config_loader=loader)
-        self.bases: dict[tuple[str, ...], DictConfig] = {}
+        self.bases: dict[tuple[str, ...], bytes] = {}
+        self.parsed: dict[str, tuple[Any, bool]] = {}
+
+    def _parse(self, override: str) -> tuple[Any, bool]:
+        """The parsed override and whether it is a plain value: parsed once per distinct string (the grammar's parser
+        costs ~2 ms an override; a 1200-point sweep repeats its shared overrides 1200 times)."""
+        if override not in self.parsed:
+            (parsed,) = self.parser.parse_overrides([override])
+            self.parsed[override] = (parsed, _value_override(parsed, self.loader))
+        return self.parsed[override]
 
     def __call__(self, overrides: list[str]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if _value_override(o, self.loader)]
-        structure = tuple(o.input_line for o in parsed if not _value_override(o, self.loader))
+        parsed = [self._parse(o) for o in overrides]
+        values = [o for o, is_value in parsed if is_value]
+        structure = tuple(o.input_line for o, is_value in parsed if not is_value)
         if structure not in self.bases:
-            self.bases[structure] = self.loader.load_sweep_config(self.config, list(structure))
-        cfg = copy.deepcopy(self.bases[structure])
+            # Kept pickled: unpickling gives an independent copy 4-5x faster than copy.deepcopy (3 vs 15 ms a
+            # point, most of a 1200-point sweep's pre-launch time).
+            self.bases[structure] = pickle.dumps(self.loader.load_sweep_config(self.config, list(structure)))
+        cfg = pickle.loads(self.bases[structure])
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         with open_dict(cfg):
             cfg.hydra.overrides.task = list(overrides)

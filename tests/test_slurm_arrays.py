@@ -218,6 +218,25 @@ def test_an_sbatch_error_is_one_message_saying_what_was_not_submitted(
     assert len([line for line in out.splitlines() if "sbatch: error" in line]) == 1, "said once, not echoed"
 
 
+@pytest.mark.slurm
+def test_an_sbatch_failure_after_some_arrays_cancels_those_and_says_so(
+    slurm_cluster,  # noqa: F811
+):
+    from dpo_sweeps.slurm.launcher import SweepSlurmLauncher
+
+    name = f"i13_partial_{os.getpid()}"
+    submitted = slurm_cluster.run("sbatch", "--hold", "--parsable", "-J", name, "--wrap", "true").stdout
+    first_array = submitted.strip().split(";")[0]
+    plans = plan.split(5, 3, 16)  # two arrays: points 0-2, then 3-4
+    entries = [(i, [f"seed={i}"], None) for i in range(5)]
+    cause = RuntimeError("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy")
+    message = SweepSlurmLauncher._sbatch_failure(cause, 1, plans, entries, [first_array])
+    assert "sbatch refused array job 2 of 2 (sweep points #3..#4, 2 task(s)): sbatch: error: Batch job" in message
+    assert f"({first_array}, 3 point(s)) were cancelled, so nothing of this sweep runs" in message
+    assert "The other 2 point(s) were not submitted" in message
+    assert slurm_cluster.squeue_states(first_array) in ([], ["CANCELLED"])
+
+
 def _submitted(sweep: Path) -> dict[int, tuple]:
     """{job number: (launcher, args)} from the pickles submitit wrote for a sweep."""
     found = {}

@@ -198,6 +198,27 @@ def test_sweep_above_the_sites_job_limit_is_refused_before_anything_is_composed_
 
 
 @pytest.mark.slurm
+def test_dry_run_shows_the_split_into_arrays_and_submits_nothing(
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+):
+    limits = _cluster_limits()
+    n = 2 * limits.max_array_size + 1
+    if n > 2100:
+        pytest.fail(f"MaxArraySize={limits.max_array_size} is too large for this test", pytrace=False)
+    sweep = tmp_path / "sweep"
+    out = run_cli(
+        ["-m", *QUICK, *LOCAL_SLURM, f"seed=range(0,{n})", "hydra.launcher.array_parallelism=2", "dry_run=true"]
+        + [f"hydra.sweep.dir={sweep}"],
+        timeout=300,
+    ).stdout
+    assert f"SLURM: {n} point(s) to submit in 3 array job(s)" in out and f"MaxArraySize={limits.max_array_size}" in out
+    # 3 arrays, 2 points at once: two lanes, the third array waits for the first.
+    assert "array 3: points" in out and "%1, starts after array 1 has ended" in out
+    assert "nothing was run or submitted" in out and not sweep.exists()
+
+
+@pytest.mark.slurm
 def test_an_sbatch_error_is_one_message_saying_what_was_not_submitted(
     slurm_cluster,  # noqa: F811
     tmp_path,

@@ -47,8 +47,8 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
 	$(PY) -m dpo_sweeps.bench
 
-bench-submit: install ## Time submitting a 32-point sweep to the local SLURM cluster (after `make slurm-up`)
-	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 32
+bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`)
+	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200
 
 search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)
 	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \

@@ -17,8 +17,8 @@ Import-light: Hydra and our validation only.
 
 from __future__ import annotations
 
-import copy
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -128,26 +128,55 @@ class _PointComposer:
     def __init__(self, config: DictConfig, loader):
         self.config, self.loader = config, loader
         self.parser = OverridesParser.create(config_loader=loader)
-        self.bases: dict[tuple[str, ...], DictConfig] = {}
+        self.bases: dict[tuple[str, ...], bytes] = {}
+        self.parsed: dict[str, tuple[Any, bool]] = {}
+
+    def _parse(self, override: str) -> tuple[Any, bool]:
+        """The parsed override and whether it is a plain value: parsed once per distinct string (the grammar's parser
+        costs ~2 ms an override; a 1200-point sweep repeats its shared overrides 1200 times)."""
+        if override not in self.parsed:
+            (parsed,) = self.parser.parse_overrides([override])
+            self.parsed[override] = (parsed, _value_override(parsed, self.loader))
+        return self.parsed[override]
 
     def __call__(self, overrides: list[str]) -> DictConfig:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-        parsed = self.parser.parse_overrides(overrides)
-        values = [o for o in parsed if _value_override(o, self.loader)]
-        structure = tuple(o.input_line for o in parsed if not _value_override(o, self.loader))
+        parsed = [self._parse(o) for o in overrides]
+        values = [o for o, is_value in parsed if is_value]
+        structure = tuple(o.input_line for o, is_value in parsed if not is_value)
         if structure not in self.bases:
-            self.bases[structure] = self.loader.load_sweep_config(self.config, list(structure))
-        cfg = copy.deepcopy(self.bases[structure])
+            # Kept pickled: unpickling gives an independent copy 4-5x faster than copy.deepcopy (3 vs 15 ms a
+            # point, most of a 1200-point sweep's pre-launch time).
+            self.bases[structure] = pickle.dumps(self.loader.load_sweep_config(self.config, list(structure)))
+        cfg = pickle.loads(self.bases[structure])
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         with open_dict(cfg):
             cfg.hydra.overrides.task = list(overrides)
         return cfg
 
 
+# This process's last check (the points and how long it took): our SLURM launcher submits from it instead of
+# composing every point again (dpo_sweeps/slurm/launcher.py).
+_LAST_CHECK: dict[str, Any] = {"points": [], "seconds": 0.0}
+
+
+def checked_points() -> list[dict]:
+    return _LAST_CHECK["points"]
+
+
+def last_check_seconds() -> float:
+    return _LAST_CHECK["seconds"]
+
+
+def _uses_our_slurm_launcher(config: DictConfig) -> bool:
+    return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher")
+
+
 def check_sweep(config: DictConfig) -> list[dict]:
     """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points."""
     loader = GlobalHydra.instance().config_loader()
+    _LAST_CHECK.update(points=[], seconds=0.0)
     if not _uses_basic_sweeper(config):
         problems = find_problems(config)
         if problems:
@@ -156,6 +185,11 @@ def check_sweep(config: DictConfig) -> list[dict]:
     tic = time.perf_counter()
     points, bad = [], []
     all_points = expand(config, loader)
+    if _uses_our_slurm_launcher(config) and not config.get("dry_run"):
+        # Before composing (~20 ms a point): a sweep the site's job limits cannot take is refused in seconds.
+        from dpo_sweeps.slurm.checks import refuse_if_too_large
+
+        refuse_if_too_large(config, all_points)
     compose_point = _PointComposer(config, loader)
     for overrides in all_points:
         cfg = compose_point(overrides)
@@ -177,6 +211,7 @@ def check_sweep(config: DictConfig) -> list[dict]:
     )
     if bad:
         raise SweepValidationError(bad, len(all_points))
+    _LAST_CHECK.update(points=points, seconds=time.perf_counter() - tic)
     return points
 
 
@@ -195,6 +230,10 @@ def preflight(config: DictConfig) -> None:
         print(format_grid(points, config), flush=True)
         for problem in misfits:
             print(f"Cluster check: {problem}", flush=True)
+        if _uses_our_slurm_launcher(config):
+            from dpo_sweeps.slurm.checks import describe_split
+
+            print(describe_split(config, points), flush=True)
         print("dry_run=true: nothing was run or submitted.", flush=True)
         raise SystemExit(0)
     if misfits:

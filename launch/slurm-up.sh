@@ -15,6 +15,8 @@
 #   DPO_SWEEPS_SLURMDBD_PORT        slurmdbd port (accounting daemon)                default 16819
 #   DPO_SWEEPS_MARIADB_PORT         MariaDB port, 127.0.0.1 only (not 3306: a real MariaDB is left alone)   16820
 #   DPO_SWEEPS_SLURM_START_TIMEOUT  seconds to wait for each daemon to be ready (node idle, database up)  60
+#   DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE slurm.conf MaxArraySize (tasks per array job)     default 3 (SLURM's own: 1001)
+#   DPO_SWEEPS_SLURM_MAX_JOB_COUNT  slurm.conf MaxJobCount (jobs slurmctld holds)    default 10000 (SLURM's own)
 # Two clusters run side by side when each has its own DPO_SWEEPS_SLURM_DIR and its own four ports.
 # Needs root: slurmd launches jobs and munged runs as the munge user.
 set -euo pipefail
@@ -26,6 +28,9 @@ SLURMD_PORT="${DPO_SWEEPS_SLURMD_PORT:-16818}"
 DBD_PORT="${DPO_SWEEPS_SLURMDBD_PORT:-16819}"
 DB_PORT="${DPO_SWEEPS_MARIADB_PORT:-16820}"
 START_TIMEOUT="${DPO_SWEEPS_SLURM_START_TIMEOUT:-60}"
+# Deliberately small: every test sweep of 4+ points is split into several arrays, as on a site with a low limit.
+MAX_ARRAY_SIZE="${DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE:-3}"
+MAX_JOB_COUNT="${DPO_SWEEPS_SLURM_MAX_JOB_COUNT:-10000}"
 # Marks a directory as ours, so that a fresh start may delete it (and nothing else).
 MARKER=".dpo_sweeps_slurm_state"
 PATH="$PATH:/usr/sbin:/sbin"
@@ -189,6 +194,10 @@ SchedulerParameters=sched_interval=1,bf_interval=1
 KillWait=5
 # Finished jobs stay visible to squeue/scontrol for this many seconds (sacct keeps them for good).
 MinJobAge=300
+# Site limits the sweep launcher reads and fits into (dpo_sweeps/slurm/): array task indices go up to MaxArraySize-1;
+# MaxJobCount counts every array task, finished ones too while MinJobAge keeps them.
+MaxArraySize=$MAX_ARRAY_SIZE
+MaxJobCount=$MAX_JOB_COUNT
 
 # Preemption by partition priority: jobs of a higher PriorityTier partition requeue those of "low".
 # preempt_send_user_signal: a preempted job first gets its --signal (submitit: USR2 -> checkpoint + requeue).

@@ -1,11 +1,15 @@
-"""Benchmark: how long the submitting process takes to put an N-point sweep on SLURM (one array job).
+"""Benchmark: how long the submitting process takes to put an N-point sweep on SLURM, phase by phase.
 
-    source /tmp/dpo_sweeps_slurm/env.sh && python -m dpo_sweeps.bench.submit --points 32
+    source /tmp/dpo_sweeps_slurm/env.sh && python -m dpo_sweeps.bench.submit --points 64 256 1200
 
-Starts `python -m dpo_sweeps -m hydra/launcher=slurm beta=<N values> ...` as a user would, measures the wall time
-from the process start until the array job is visible in `squeue`, reads the preflight's own composition time from
-its log, then cancels the jobs and stops the process (the jobs are never meant to run). `measure()` returns the
-numbers for another benchmark (dpo_sweeps/bench/cpu.py) to call. Needs a running SLURM cluster (launch/slurm-up.sh).
+For each size, starts `python -m dpo_sweeps -m hydra/launcher=slurm seed=range(0,N) ...` as a user would, with the
+jobs held (`sbatch --hold`: they wait and never run), measures the wall time from the process start until every array
+task is visible in `squeue`, reads the launcher's own breakdown from its log (validate = the pre-launch composition
+and validation, prepare = reading the site's limits + writing the job pickles, sbatch = the sbatch calls), then
+cancels the jobs and stops the process. The split into arrays follows the cluster's MaxArraySize: the local cluster
+sets 3 for the tests; `DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE=1001 make slurm-up` gives SLURM's default (the README's
+table). The cluster must hold 1200 more jobs (MaxJobCount; cancelled jobs count for MinJobAge=300 s).
+`measure()` returns the numbers for another benchmark to call. Needs a running cluster (launch/slurm-up.sh).
 """
 
 from __future__ import annotations
@@ -21,31 +25,39 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+LOCAL_SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=null",
+    "hydra.launcher.timeout_min=60",
+]
+BREAKDOWN = re.compile(
+    r"Submitted (\d+) point\(s\) in (\d+) SLURM array job\(s\).* in ([0-9.]+) s: validate ([0-9.]+) s \(preflight\), "
+    r"prepare ([0-9.]+) s \(limits ([0-9.]+) s, pickles ([0-9.]+) s\), sbatch ([0-9.]+) s"
+)
 
 
-def _array_job_ids(name: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%F"], capture_output=True, text=True, check=False)
-    return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
+def _tasks(name: str) -> int:
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i"], capture_output=True, text=True, check=False)
+    return sum(1 for line in out.stdout.splitlines() if line.strip())
 
 
-def measure(points: int = 32, timeout_s: float = 120.0) -> dict:
-    name = f"bench_submit_{os.getpid()}"
-    betas = ",".join(f"{0.01 * (i + 1):.2f}" for i in range(points))
+def measure(points: int = 64, timeout_s: float = 300.0) -> dict:
+    name = f"bench_submit_{os.getpid()}_{points}"
     sweep_dir = Path(tempfile.mkdtemp(prefix="bench_submit_"))
     cmd = [
         sys.executable,
         "-m",
         "dpo_sweeps",
         "-m",
-        "hydra/launcher=slurm",
+        *LOCAL_SLURM,
         "model=tiny_qwen",
         "dataset=toy",
         "training=smoke",
         "logger=none",
-        f"beta={betas}",
-        "hydra.launcher.gpus_per_node=null",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=null",
+        f"seed=range(0,{points})",
+        "+hydra.launcher.additional_parameters.hold=true",
         f"hydra.launcher.name={name}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
@@ -54,32 +66,48 @@ def measure(points: int = 32, timeout_s: float = 120.0) -> dict:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            while not (ids := _array_job_ids(name)):
+            while _tasks(name) < points:
                 if proc.poll() is not None or time.perf_counter() - start > timeout_s:
-                    raise RuntimeError(f"no array job appeared; log: {log_path}")
-                time.sleep(0.02)
+                    raise RuntimeError(f"the {points} tasks did not all appear in squeue; log: {log_path}")
+                time.sleep(0.05)
             submitted_s = time.perf_counter() - start
+            # The launcher logs its breakdown right after the last sbatch.
+            deadline = time.perf_counter() + 30
+            while not BREAKDOWN.search(log_path.read_text()) and time.perf_counter() < deadline:
+                time.sleep(0.05)
         finally:
-            for job in _array_job_ids(name):
-                subprocess.run(["scancel", job], check=False)
+            subprocess.run(["scancel", "-n", name], check=False, timeout=60)
             proc.terminate()
             proc.wait(timeout=30)
-    text = log_path.read_text()
-    m = re.search(
-        r"Composed and validated (\d+) sweep point\(s\)(?: \(\d+ distinct compositions\))? in ([0-9.]+) s", text
-    )
+    m = BREAKDOWN.search(log_path.read_text())
+    if not m:
+        raise RuntimeError(f"no submission breakdown in {log_path}")
     return {
         "points": points,
-        "array_jobs": len(ids),
-        "submit_wall_s": round(submitted_s, 2),
-        "preflight_compose_validate_s": float(m.group(2)) if m else None,
+        "array_jobs": int(m.group(2)),
+        "wall_s": round(submitted_s, 2),
+        "validate_s": float(m.group(4)),
+        "prepare_s": float(m.group(5)),
+        "limits_s": float(m.group(6)),
+        "pickles_s": float(m.group(7)),
+        "sbatch_s": float(m.group(8)),
+        "launcher_total_s": float(m.group(3)),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=32)
-    print(json.dumps(measure(parser.parse_args().points), indent=2))
+    parser.add_argument("--points", type=int, nargs="+", default=[64, 256, 1200])
+    args = parser.parse_args()
+    rows = [measure(n) for n in args.points]
+    print(json.dumps(rows, indent=2))
+    print("\n| points | arrays | wall (start -> all tasks queued) | validate | prepare | sbatch |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['points']} | {r['array_jobs']} | {r['wall_s']:.1f} s | {r['validate_s']:.1f} s | "
+            f"{r['prepare_s']:.2f} s | {r['sbatch_s']:.2f} s |"
+        )
 
 
 if __name__ == "__main__":

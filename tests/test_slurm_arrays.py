@@ -5,6 +5,7 @@ SLURM's state while the other points finish and the sweep exits 1 in bounded tim
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -21,14 +22,8 @@ from dpo_sweeps.slurm import plan, site
 from tests.helpers import REPO, TINY, read_json, run_cli
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
-# The local cluster: default partition, no GPUs, one core per task. timeout_min stays > 10 (see slurm.yaml).
-LOCAL_SLURM = [
-    "hydra/launcher=slurm",
-    "hydra.launcher.gpus_per_node=null",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=null",
-    "hydra.launcher.timeout_min=60",
-]
+# The local cluster's profile: no GPU, one core per task, no memory request (conf/hydra/launcher/slurm_local.yaml).
+LOCAL_SLURM = ["hydra/launcher=slurm_local"]
 # A point that trains for real but briefly.
 QUICK = [
     "model=tiny_qwen",
@@ -151,6 +146,11 @@ def test_sweep_larger_than_max_array_size_is_split_every_point_runs_once_and_a_r
     tasks = {(s["slurm"]["array_job_id"], s["slurm"]["array_task_id"]) for s in statuses.values()}
     assert len(tasks) == n, "every point is its own array task"
     assert len(list((sweep / ".submitit").rglob("*_result.pkl"))) == n, "each point ran exactly once"
+    # `dpo_sweeps.status` maps points to tasks by the ids the launcher records, across both arrays.
+    points = json.loads((sweep / "sweep_points.json").read_text())
+    recorded = {Path(p["run_dir"]).name: p.get("slurm_job_id") for p in points}
+    ran = {name: f"{s['slurm']['array_job_id']}_{s['slurm']['array_task_id']}" for name, s in statuses.items()}
+    assert recorded == ran, (recorded, ran)
     # The sweep's own report and summary cover every point.
     assert f"Sweep summary: {n} completed" in out
     assert len(list((sweep).glob("summary.*"))) >= 1
@@ -228,7 +228,9 @@ def test_an_sbatch_error_is_one_message_saying_what_was_not_submitted(
         ["-m", *QUICK, *LOCAL_SLURM, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.launcher.partition=no_such_part"],
         timeout=120,
         check=False,
-        env={"HYDRA_FULL_ERROR": "0"},
+        # The pre-launch cluster check (slurm_resources.py) refuses an unknown partition before sbatch; turned off
+        # here so that sbatch itself refuses, standing for any sbatch error that check cannot foresee.
+        env={"HYDRA_FULL_ERROR": "0", "DPO_SWEEPS_CLUSTER_CHECK": "0"},
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]

@@ -17,13 +17,8 @@ from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixtur
 
 pytestmark = pytest.mark.slurm
 
-LOCAL_SLURM = [
-    "hydra/launcher=slurm",
-    "hydra.launcher.gpus_per_node=null",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=null",
-    "hydra.launcher.timeout_min=60",
-]
+# The local cluster's profile: no GPU, one core per task, no memory request (conf/hydra/launcher/slurm_local.yaml).
+LOCAL_SLURM = ["hydra/launcher=slurm_local"]
 MAX_STEPS = 300
 
 

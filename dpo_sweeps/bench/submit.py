@@ -25,13 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LOCAL_SLURM = [
-    "hydra/launcher=slurm",
-    "hydra.launcher.gpus_per_node=null",
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=null",
-    "hydra.launcher.timeout_min=60",
-]
+# The local cluster's profile: no GPU, one core per task, no memory request (conf/hydra/launcher/slurm_local.yaml).
+LOCAL_SLURM = ["hydra/launcher=slurm_local"]
 BREAKDOWN = re.compile(
     r"Submitted (\d+) point\(s\) in (\d+) SLURM array job\(s\).* in ([0-9.]+) s: validate ([0-9.]+) s \(preflight\), "
     r"prepare ([0-9.]+) s \(limits ([0-9.]+) s, pickles ([0-9.]+) s\), sbatch ([0-9.]+) s"

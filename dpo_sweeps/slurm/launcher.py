@@ -194,6 +194,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             timing["sbatch"],
             len(returns),
         )
+        _record_job_ids(sweep_dir, entries, jobs)
         collected = watch.collect(jobs, [e[2] for e in entries], [e[1] for e in entries])
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
@@ -293,6 +294,21 @@ class SweepSlurmLauncher(SlurmLauncher):
             "not submitted. Fix the cause above and run the same command again (completed points are skipped)."
         )
         return "\n".join(lines)
+
+
+def _record_job_ids(sweep_dir: Path, entries: list, jobs: list) -> None:
+    """Each submitted point's SLURM task id ("<array>_<task>") into sweep_points.json, for `dpo_sweeps.status`:
+    with a sweep split into several arrays, or a rerun that submits only some points, submitit's folder names alone
+    cannot say which task is which point."""
+    points = run_folder.read_sweep_points(sweep_dir)
+    if not points:
+        return
+    by_overrides = {tuple(p["overrides"]): p for p in points}
+    for (_, overrides, _), job in zip(entries, jobs, strict=True):
+        point = by_overrides.get(tuple(overrides))
+        if point is not None:
+            point["slurm_job_id"] = job.job_id
+    run_folder.write_json_atomic(sweep_dir / run_folder.SWEEP_POINTS_FILE, points)
 
 
 def read_limits_or_exit() -> site.SiteLimits:

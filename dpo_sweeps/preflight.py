@@ -6,7 +6,7 @@ point would run 31 jobs and fail the 32nd hours later. `check_sweep` (called fro
 basic sweeper does, composes each point as Hydra's own `load_sweep_config` would (once per distinct set of group
 choices, see `_PointComposer`), runs `validation.find_problems` on it,
 and raises one error naming every bad point by its overrides. For a SLURM launcher it then checks the profile against
-`sinfo` (dpo_sweeps/slurm_resources.py) and refuses a mismatch before sbatch runs.
+`sinfo` (dpo_sweeps/slurm/resources.py) and refuses a mismatch before sbatch runs.
 
 Why a callback and not a custom sweeper: Hydra only instantiates sweepers from the `hydra_plugins` namespace
 package, which would add a top-level package next to `dpo_sweeps`; a callback also keeps working under other
@@ -223,7 +223,7 @@ def preflight(config: DictConfig) -> None:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
     # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
-    from dpo_sweeps.slurm_resources import cluster_problems
+    from dpo_sweeps.slurm.resources import cluster_problems
 
     misfits = cluster_problems({k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"})
     if config.get("dry_run"):

@@ -228,7 +228,7 @@ def test_an_sbatch_error_is_one_message_saying_what_was_not_submitted(
         ["-m", *QUICK, *LOCAL_SLURM, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.launcher.partition=no_such_part"],
         timeout=120,
         check=False,
-        # The pre-launch cluster check (slurm_resources.py) refuses an unknown partition before sbatch; turned off
+        # The pre-launch cluster check (slurm/resources.py) refuses an unknown partition before sbatch; turned off
         # here so that sbatch itself refuses, standing for any sbatch error that check cannot foresee.
         env={"HYDRA_FULL_ERROR": "0", "DPO_SWEEPS_CLUSTER_CHECK": "0"},
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from dpo_sweeps.slurm_resources import check_launcher, gpus_in_gres, minutes, parse_sinfo
+from dpo_sweeps.slurm.resources import check_launcher, gpus_in_gres, minutes, parse_sinfo
 from tests.helpers import TINY, compose_config, run_cli
 
 # `sinfo --noheader --exact --format '%P|%c|%m|%G|%l|%D'` on a GPU site: two node types in `gpu`, a CPU partition.
@@ -74,7 +74,9 @@ def test_without_sinfo_a_slurm_sweep_says_so_and_submits_nothing(tmp_path):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert "cannot submit to SLURM: `sinfo` is not installed here" in out
+    # The first SLURM query (the site's limits, before any point is composed) finds the client tools missing.
+    assert "is not installed or not on PATH. Nothing was submitted" in out, out
+    assert "SLURM's client commands" in out
     assert "Traceback" not in out and not sweep.exists()
 
 

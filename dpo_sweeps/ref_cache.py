@@ -266,11 +266,12 @@ def enabled(cfg: DictConfig) -> bool:
 
 
 def prepare(cfg: DictConfig) -> tuple[Callable[..., Any], RefCacheInfo, dict[str, Any]]:
-    """(trainer class or factory, info, DPOConfig overrides) for this run: TRL's DPOTrainer when the cache is off."""
-    from trl import DPOTrainer
+    """(trainer class or factory, info, DPOConfig overrides) for this run: TRL's DPOTrainer (taking our prepared data
+    as it is, see data/tokenize.py) when the cache is off."""
+    from dpo_sweeps.data.tokenize import prepared_data_trainer_class
 
     if not enabled(cfg):
-        return DPOTrainer, RefCacheInfo(enabled=False), {}
+        return prepared_data_trainer_class(), RefCacheInfo(enabled=False), {}
     info = RefCacheInfo(
         enabled=True,
         store=EntryStore(cfg.ref_cache.dir, cfg.ref_cache.lock_timeout_s),
@@ -304,7 +305,9 @@ def _cached_trainer_class():
     from accelerate.utils import broadcast_object_list
     from torch.utils.data import DataLoader
 
-    class CachedRefDPOTrainer(dpo_trainer_module.DPOTrainer):
+    from dpo_sweeps.data.tokenize import prepared_data_trainer_class
+
+    class CachedRefDPOTrainer(prepared_data_trainer_class()):
         """DPOTrainer whose reference log-probs come from (and go to) our cross-run cache."""
 
         def __init__(self, *args, ref_cache_info: RefCacheInfo, **kwargs):

@@ -8,10 +8,11 @@ run that computed it:
 
     key = sha256(data_identity(cfg, tokenizer))
 
-- the source: every data file's content (a moved or renamed copy still hits), or the hub dataset's `datasets`
-  fingerprint (which pins its resolved revision), or the bundled rows themselves;
+- the source: every data file's content and path (stored problems name the file; a touched file with the same
+  content still hits), or the hub dataset's `datasets` fingerprint (which pins its resolved revision), or the
+  bundled rows themselves;
 - every `dataset.*` setting (adapter, column mapping, format, splits and hold-out, sample limits, shuffle seed,
-  length limits and truncation, validation policy) except `path` (replaced by the content), `num_proc` (speed only)
+  length limits and truncation, validation policy) except `path` (resolved, with the content, above), `num_proc` (speed only)
   and `max_errors_shown` (the message only; the stored problems are formatted at read time);
 - `model.merge_system_into_user`, the tokenizer (its `datasets` hash: vocabulary, settings, chat template) and the
   versions of TRL, transformers, tokenizers and datasets (they decide the token ids).
@@ -72,12 +73,13 @@ def source_identity(cfg: DictConfig, raw_rows: Callable[[str], list]) -> dict[st
     d = cfg.dataset
     splits = [s for s in (d.train_split, d.eval_split) if s]
     if d.path:
-        path = Path(d.path).expanduser()
+        # The path is part of the key too: the stored problems name the file a bad row came from.
+        path = Path(d.path).expanduser().resolve()
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and _format_of(p) and not p.name.startswith("."))
-            return {"files": {str(p.relative_to(path)): _file_digest(p) for p in files}}
+            return {"path": str(path), "files": {str(p.relative_to(path)): _file_digest(p) for p in files}}
         if path.is_file():
-            return {"files": {path.name: _file_digest(path)}}
+            return {"path": str(path), "files": {path.name: _file_digest(path)}}
         return {"missing": str(path), "formats": FORMATS}  # preparing it raises the clear error
     if d.hub_id:
         from dpo_sweeps.data.sources import open_hub

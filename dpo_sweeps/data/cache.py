@@ -220,13 +220,26 @@ def _quiet_datasets():
 
 
 def get_or_prepare(
-    cfg: DictConfig, tokenizer, raw_rows: Callable[[str], list], prepare: Callable[[], tuple[Splits, dict[str, Any]]]
+    cfg: DictConfig,
+    tokenizer,
+    raw_rows: Callable[[str], list],
+    prepare: Callable[[Path], tuple[Splits, dict[str, Any]]],
 ) -> tuple[Splits, dict[str, Any], str, str]:
-    """(splits, meta, state, key): the cached entry (HIT) or `prepare()`'s result stored (COMPUTED)."""
+    """(splits, meta, state, key): the cached entry (HIT) or `prepare(staging)`'s result stored (COMPUTED).
+
+    `prepare` may keep intermediate Arrow files in `staging` (a private folder inside the cache, removed after)."""
     store = PreparedStore(cfg.data_cache.dir, cfg.data_cache.lock_timeout_s)
     key = entry_key(data_identity(cfg, tokenizer, raw_rows))
+
+    def compute_and_save() -> tuple[Splits, dict[str, Any]]:
+        staging = store.root / f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            return store.save(key, *prepare(staging))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     (splits, meta), state = store.get_or_compute_with(
-        key, lambda: store.load(key), lambda: store.save(key, *prepare()), "data_cache.lock_timeout_s"
+        key, lambda: store.load(key), compute_and_save, "data_cache.lock_timeout_s"
     )
     log.info(
         "Prepared data (%s): %s (%s in %s)",

@@ -103,12 +103,16 @@ def _raw_splits(cfg: DictConfig) -> tuple[Rows, Rows, str]:
     return train_raw[n_eval:], train_raw[:n_eval], eval_source
 
 
-def _prepare_split(raw: Rows, cfg: DictConfig, tokenizer, limit: int | None, name: str) -> tuple[Any, CheckedSplit]:
+def _prepare_split(
+    raw: Rows, cfg: DictConfig, tokenizer, limit: int | None, name: str, staging: Path | None
+) -> tuple[Any, CheckedSplit]:
     """The split as a Dataset (tokenized when a tokenizer is given) and what its checks found (`rows` left empty).
 
     Rows are taken in order until `limit` valid ones are found; a row is valid when its structure and (with a
     tokenizer) its token lengths pass. Lengths are known only after tokenizing, so with a limit this goes in rounds:
-    check structure until the missing number of rows, tokenize those, repeat while rows fell out for length."""
+    check structure until the missing number of rows, tokenize those, repeat while rows fell out for length.
+    With a `staging` folder the rows go to disk before tokenizing, so that TRL's `map`s write their results to
+    memory-mapped cache files there (as with bare TRL's file-backed datasets) instead of holding them in memory."""
     from datasets import Dataset, concatenate_datasets
 
     parts, problems, read, truncated, kept, pos = [], [], 0, 0, 0, 0
@@ -120,6 +124,9 @@ def _prepare_split(raw: Rows, cfg: DictConfig, tokenizer, limit: int | None, nam
             continue
         ds = Dataset.from_list(checked.rows)
         del checked.rows[:]  # the Arrow copy is what we keep: no second Python copy of a big set
+        if staging is not None:
+            ds.save_to_disk(str(staging / f"{name}-{len(parts)}"))
+            ds = Dataset.load_from_disk(str(staging / f"{name}-{len(parts)}"))
         if tokenizer is not None:
             from dpo_sweeps.data.tokenize import tokenize_and_check
 
@@ -132,14 +139,14 @@ def _prepare_split(raw: Rows, cfg: DictConfig, tokenizer, limit: int | None, nam
     return dataset, CheckedSplit([], problems, read, truncated)
 
 
-def _prepare(cfg: DictConfig, tokenizer) -> tuple[dict[str, Any], dict[str, Any]]:
+def _prepare(cfg: DictConfig, tokenizer, staging: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(split name -> Dataset, meta): the work the data cache saves. Meta keeps what the checks found, as JSON."""
     d = cfg.dataset
     train_raw, eval_raw, eval_source = _raw_splits(cfg)
     limits = {"train": d.max_train_samples, "eval": d.max_eval_samples}
     splits, checks = {}, {}
     for name, raw in (("train", train_raw), ("eval", eval_raw)):
-        splits[name], checks[name] = _prepare_split(raw, cfg, tokenizer, limits[name], name)
+        splits[name], checks[name] = _prepare_split(raw, cfg, tokenizer, limits[name], name, staging)
         raw.clear()  # the raw rows are no longer needed: let them go before the next split is prepared
     meta = {
         "eval_source": eval_source,
@@ -176,7 +183,7 @@ def load_preference_data(cfg: DictConfig, tokenizer=None) -> PreferenceData:
         from dpo_sweeps.data import cache
 
         splits, meta, state, key = cache.get_or_prepare(
-            cfg, tokenizer, lambda split: _raw_split(cfg, split), lambda: _prepare(cfg, tokenizer)
+            cfg, tokenizer, lambda split: _raw_split(cfg, split), lambda staging: _prepare(cfg, tokenizer, staging)
         )
     else:
         splits, meta = _prepare(cfg, tokenizer)

@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench bench-submit search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo test test-fast lint format bench bench-data bench-submit search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ format: install ## Apply ruff's fixes and formatting
 
 bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
 	$(PY) -m dpo_sweeps.bench
+
+bench-data: install ## Data preparation on 30k/100k-row files vs bare TRL: first point, cached point, sweep, RSS (~25 min on 2 cores)
+	$(PY) -m dpo_sweeps.bench.data
 
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`)
 	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200

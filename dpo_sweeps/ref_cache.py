@@ -15,17 +15,14 @@ Not in the key, because they do not change the reference: beta, learning rate, s
 weights, the loss type (except ld_alpha), batch sizes, steps.
 
 An entry is one `.npz` file under `ref_cache.dir` (a shared filesystem on a cluster), written atomically (temp file +
-fsync + os.replace), so a reader never sees half an entry and a crashed writer leaves only a temp file nobody reads.
-Concurrent jobs of a sweep compute an entry once: the first takes `<key>.lock` (O_CREAT|O_EXCL, holding pid, host and
-a heartbeat mtime), the others wait up to `ref_cache.lock_timeout_s` for the entry and then compute it themselves.
-A lock whose holder died (same host: pid gone; any host: no heartbeat for STALE_LOCK_S) is broken by the next job.
+fsync + os.replace). Locking (one job computes an entry, the others wait up to `ref_cache.lock_timeout_s`; a dead
+holder's lock is broken) is `cache_store.LockedStore`'s, shared with the prepared-data cache.
 
 The store (`EntryStore`) imports only numpy; the trainer part imports torch/TRL inside functions (job side only).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -33,9 +30,7 @@ import os
 import re
 import socket
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +39,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from dpo_sweeps.cache_store import COMPUTED, HIT, OFF, STALE_LOCK_S, LockedStore  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 # Bump when the entry layout or what goes into the key changes: old entries are then simply never found.
 ENTRY_FORMAT = 1
-# The holder touches its lock every HEARTBEAT_S; a lock untouched for STALE_LOCK_S is from a dead job (another host).
-HEARTBEAT_S = 10.0
-STALE_LOCK_S = 120.0
 # Local weight folders up to this size are fingerprinted by content; bigger ones by (name, size, mtime) + config:
 # hashing 16 GB of an 8B model would cost ~45 s per run, more than the cache saves on a short run.
 CONTENT_HASH_MAX_BYTES = 512 * 1024**2
@@ -58,7 +52,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Files of a local model folder that decide the reference's outputs besides the weights.
 MODEL_CONFIG_FILES = ("config.json",)
 ROW_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-HIT, COMPUTED, OFF = "hit", "computed", "off"
 
 
 # --------------------------------------------------------------------------------------------------------- the key
@@ -173,29 +166,13 @@ def entry_key(identity: dict[str, Any], rows: str) -> str:
 # ------------------------------------------------------------------------------------------------------- the store
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class EntryStore(LockedStore):
+    """Entries (`<key>.npz`) and their locks (`<key>.lock`) in one folder; the locking is `cache_store.LockedStore`'s."""
 
-
-class EntryStore:
-    """Entries (`<key>.npz`) and their locks (`<key>.lock`) in one folder, safe for concurrent processes and hosts."""
-
-    def __init__(self, root: str | os.PathLike, lock_timeout_s: float, poll_s: float = 0.2):
-        self.root = Path(root).expanduser()
-        self.lock_timeout_s = lock_timeout_s
-        self.poll_s = poll_s
+    label = "Reference cache"
 
     def entry_path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
-
-    def lock_path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.lock"
 
     def load(self, key: str, rows: int | None = None) -> dict[str, np.ndarray] | None:
         """The entry's arrays, or None if absent or unreadable (an unreadable entry is logged and recomputed)."""
@@ -231,107 +208,17 @@ class EntryStore:
             raise
         return path
 
-    # ----- locking
-
-    def _try_lock(self, key: str) -> str | None:
-        """Create the lock file atomically; return our token, or None if another job holds it."""
-        path = self.lock_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": token, "since": time.time()}, f)
-        return token
-
-    def _lock_is_stale(self, key: str) -> bool:
-        path = self.lock_path(key)
-        try:
-            age = time.time() - path.stat().st_mtime
-            holder = json.loads(path.read_text() or "{}")
-        except FileNotFoundError:
-            return False
-        except json.JSONDecodeError:
-            # Created but not yet written by its holder (a few microseconds), or written by a job killed right then.
-            return age > STALE_LOCK_S
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-            return True
-        return age > STALE_LOCK_S
-
-    def _break_stale_lock(self, key: str) -> None:
-        # Rename first (atomic, only one job wins), then delete: two jobs breaking the same stale lock at once do not
-        # delete a fresh lock taken in between by a third.
-        aside = self.lock_path(key).with_suffix(f".stale.{uuid.uuid4().hex}")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(self.lock_path(key), aside)
-            aside.unlink()
-            log.warning("Reference cache: broke the stale lock of %s (its holder died).", key)
-
-    def _release(self, key: str, token: str) -> None:
-        path = self.lock_path(key)
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-            if json.loads(path.read_text()).get("token") == token:
-                path.unlink()
-
-    @contextlib.contextmanager
-    def _heartbeat(self, key: str):
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(HEARTBEAT_S):
-                with contextlib.suppress(FileNotFoundError):
-                    os.utime(self.lock_path(key))
-
-        thread = threading.Thread(target=beat, name=f"ref-cache-heartbeat-{key[:8]}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
     def get_or_compute(
         self, key: str, compute: Callable[[], dict[str, np.ndarray]], rows: int | None = None, meta: dict | None = None
     ) -> tuple[dict[str, np.ndarray], str]:
         """The entry for `key` and HIT, or `compute()`'s result (stored) and COMPUTED. One job computes, others wait."""
-        deadline = time.monotonic() + self.lock_timeout_s
-        waited = False
-        while True:
-            found = self.load(key, rows)
-            if found is not None:
-                return found, HIT
-            token = self._try_lock(key)
-            if token is not None:
-                try:
-                    # Another job may have finished between our load() and our lock.
-                    found = self.load(key, rows)
-                    if found is not None:
-                        return found, HIT
-                    with self._heartbeat(key):
-                        arrays = compute()
-                    self.save(key, arrays, meta)
-                    return arrays, COMPUTED
-                finally:
-                    self._release(key, token)
-            if self._lock_is_stale(key):
-                self._break_stale_lock(key)
-                continue
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "Reference cache: waited ref_cache.lock_timeout_s=%s s for another job computing %s; computing it "
-                    "here too (the entry is written atomically, so both results are safe).",
-                    self.lock_timeout_s,
-                    key,
-                )
-                arrays = compute()
-                self.save(key, arrays, meta)
-                return arrays, COMPUTED
-            if not waited:
-                log.info("Reference cache: another job is computing %s; waiting for it.", key[:12])
-                waited = True
-            time.sleep(self.poll_s)
+
+        def compute_and_save() -> dict[str, np.ndarray]:
+            arrays = compute()
+            self.save(key, arrays, meta)
+            return arrays
+
+        return self.get_or_compute_with(key, lambda: self.load(key, rows), compute_and_save, "ref_cache.lock_timeout_s")
 
 
 # ------------------------------------------------------------------------------------------------ the trainer part
@@ -379,11 +266,12 @@ def enabled(cfg: DictConfig) -> bool:
 
 
 def prepare(cfg: DictConfig) -> tuple[Callable[..., Any], RefCacheInfo, dict[str, Any]]:
-    """(trainer class or factory, info, DPOConfig overrides) for this run: TRL's DPOTrainer when the cache is off."""
-    from trl import DPOTrainer
+    """(trainer class or factory, info, DPOConfig overrides) for this run: TRL's DPOTrainer (taking our prepared data
+    as it is, see data/tokenize.py) when the cache is off."""
+    from dpo_sweeps.data.tokenize import prepared_data_trainer_class
 
     if not enabled(cfg):
-        return DPOTrainer, RefCacheInfo(enabled=False), {}
+        return prepared_data_trainer_class(), RefCacheInfo(enabled=False), {}
     info = RefCacheInfo(
         enabled=True,
         store=EntryStore(cfg.ref_cache.dir, cfg.ref_cache.lock_timeout_s),
@@ -417,7 +305,9 @@ def _cached_trainer_class():
     from accelerate.utils import broadcast_object_list
     from torch.utils.data import DataLoader
 
-    class CachedRefDPOTrainer(dpo_trainer_module.DPOTrainer):
+    from dpo_sweeps.data.tokenize import prepared_data_trainer_class
+
+    class CachedRefDPOTrainer(prepared_data_trainer_class()):
         """DPOTrainer whose reference log-probs come from (and go to) our cross-run cache."""
 
         def __init__(self, *args, ref_cache_info: RefCacheInfo, **kwargs):

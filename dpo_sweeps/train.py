@@ -240,6 +240,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
+    metrics.update(data.cache_metrics())  # "data_cache": hit | computed | off
     metrics.update(ref_info.metrics())
     if sample_as_reference:
         tracker.log_samples(

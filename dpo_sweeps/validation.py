@@ -197,7 +197,15 @@ def _check_dataset(cfg: DictConfig, problems: list[str]) -> None:
             f"dataset.eval_fraction={d.eval_fraction}: with no dataset.eval_split, a fraction in (0, 1) of the "
             "training split is held out for evaluation."
         )
-    for key in ("max_train_samples", "max_eval_samples", "max_length", "max_prompt_length", "max_completion_length"):
+    for key in (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_length",
+        "max_prompt_length",
+        "max_completion_length",
+        "eval_max_rows",
+        "num_proc",
+    ):
         if d[key] is not None and d[key] < 1:
             problems.append(f"dataset.{key}={d[key]}: must be >= 1, or null for no limit.")
     if d.max_length is not None and d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
@@ -276,6 +284,19 @@ def _check_unknown_keys(cfg: DictConfig, problems: list[str]) -> None:
     _unknown_keys(cfg, "", problems)
 
 
+def _check_data_cache(cfg: DictConfig, problems: list[str]) -> None:
+    dc = cfg.data_cache
+    if dc.enabled and not str(dc.dir).strip():
+        problems.append(
+            "data_cache.dir is empty: give a folder all jobs of the sweep can write, or data_cache.enabled=false."
+        )
+    if dc.lock_timeout_s < 0:
+        problems.append(
+            f"data_cache.lock_timeout_s={dc.lock_timeout_s}: seconds to wait for another job preparing the same "
+            "data; must be >= 0 (0 = never wait)."
+        )
+
+
 def reference_needed(cfg: DictConfig) -> bool:
     """Whether the loss reads reference log-probs at all. Every TRL 1.16 DPO loss does, except plain `sft`."""
     types = {cfg.loss.type, *cfg.loss.extra_types}
@@ -294,6 +315,7 @@ CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
     _check_objective,
     _check_distributed,
     _check_ref_cache,
+    _check_data_cache,
 )
 
 

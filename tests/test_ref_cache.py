@@ -184,11 +184,12 @@ def test_keys_follow_data_split_and_chat_template_but_not_sweep_knobs(tiny_model
 
 
 def test_reference_free_or_disabled_means_off():
-    from trl import DPOTrainer
+    from dpo_sweeps.data.tokenize import prepared_data_trainer_class
 
     for overrides in (["ref_cache.enabled=false"], ["loss.type=sft"]):
         trainer_cls, info, args = ref_cache.prepare(compose_config([*BASE, *overrides]))
-        assert trainer_cls is DPOTrainer and args == {}
+        # TRL's DPOTrainer, only taking the data prepared (tokenized once) as it is: no reference cache in the loop.
+        assert trainer_cls is prepared_data_trainer_class() and args == {}
         assert info.metrics() == {"ref_cache": OFF}
     assert ref_cache.needs_reference_model(compose_config([*BASE, "lora=none"])) is False
     assert ref_cache.needs_reference_model(compose_config([*BASE, "lora=none", "ref_cache.enabled=false"])) is True

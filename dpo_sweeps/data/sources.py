@@ -211,8 +211,8 @@ def _offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def load_hub(name: str, hub_id: str, split: str) -> Rows:
-    """Rows of `hub_id`'s `split` through `datasets` (its cache works offline). Unreachable = one clear message."""
+def open_hub(name: str, hub_id: str, split: str):
+    """`hub_id`'s `split` as a `datasets.Dataset` (its cache works offline). Unreachable = one clear message."""
     from datasets import load_dataset
 
     try:
@@ -226,5 +226,11 @@ def load_hub(name: str, hub_id: str, split: str) -> Rows:
             f"(`huggingface-cli download {hub_id} --repo-type dataset --local-dir <dir>`) and pass "
             f"dataset.path=<dir>, or use dataset=local dataset.path=<file> for your own file."
         ) from None
+    return ds
+
+
+def load_hub(name: str, hub_id: str, split: str) -> Rows:
+    """Rows of `hub_id`'s `split`, each with its origin."""
+    ds = open_hub(name, hub_id, split)
     source = f"{hub_id}[{split}]"
     return [(row, RowOrigin(source, i)) for i, row in enumerate(ds.to_list())]

@@ -1,9 +1,9 @@
 """Row checks before training: every row that can reach the trainer is checked, and every bad one is accounted for.
 
 Structure (missing fields, null/empty text, wrong types, role order, a completion not from the assistant, chosen ==
-rejected) needs no tokenizer; lengths are measured after the chat template, the way TRL 1.16 tokenizes (prompt with
-the generation prompt, prompt + completion as one conversation). A prompt that alone fills `dataset.max_length`
-would be dropped by TRL without a word: it is caught here first. `dataset.on_invalid=error` stops with the first
+rejected) is checked here and needs no tokenizer; lengths are checked on the token ids TRL itself produces
+(`tokenize.py`: tokenize once). A prompt that alone fills `dataset.max_length` would be dropped by TRL without a
+word: it is caught and named there first. `dataset.on_invalid=error` stops with the first
 offending rows named; `drop` drops them and counts each reason in the stats that go to metrics.json.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from omegaconf import DictConfig
@@ -116,109 +117,36 @@ def check_structure(row: dict[str, Any], conversational: bool, merge_system: boo
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-class LengthChecker:
-    """Token lengths after templating, as TRL 1.16's DPOTrainer computes them."""
-
-    def __init__(self, tokenizer, cfg: DictConfig):
-        self.tok = tokenizer
-        d = cfg.dataset
-        self.max_length, self.max_prompt, self.max_completion = (
-            d.max_length,
-            d.max_prompt_length,
-            d.max_completion_length,
-        )
-        self.keep_start = d.truncation_side == "keep_start"
-        self.too_long_invalid = d.on_too_long == "invalid"
-        self.merge_hint = (
-            "" if cfg.model.merge_system_into_user else " (no system role? set model.merge_system_into_user=true)"
-        )
-
-    def _ids(self, messages_or_text, generation_prompt: bool = False) -> list[int]:
-        if isinstance(messages_or_text, str):
-            return self.tok(messages_or_text)["input_ids"]
-        out = self.tok.apply_chat_template(
-            messages_or_text, tokenize=True, add_generation_prompt=generation_prompt, return_dict=True
-        )
-        return out["input_ids"]
-
-    def check(self, row: dict[str, Any]) -> bool:
-        """Raises RowProblem for a row that cannot train; returns True when the collator will truncate it."""
-        conversational = isinstance(row["prompt"], list)
-        try:
-            if conversational:
-                prompt = self._ids(row["prompt"], generation_prompt=True)
-                chosen = self._ids(row["prompt"] + row["chosen"])
-                rejected = self._ids(row["prompt"] + row["rejected"])
-            else:
-                eos = self.tok.eos_token or ""
-                prompt = self._ids(row["prompt"])
-                chosen = self._ids(row["prompt"] + row["chosen"] + eos)
-                rejected = self._ids(row["prompt"] + row["rejected"] + eos)
-        except Exception as exc:  # jinja2 TemplateError from raise_exception(), mostly
-            raise RowProblem(
-                "prompt", f"the chat template refused it: {exc}{self.merge_hint}", "template_error"
-            ) from None
-        n_prompt = len(prompt)
-        n_completion = max(len(chosen), len(rejected)) - n_prompt
-        if self.max_length is not None and self.keep_start and n_prompt >= self.max_length:
-            raise RowProblem(
-                "prompt",
-                f"{n_prompt} tokens after templating fill dataset.max_length={self.max_length}: no completion token would "
-                "be trained (TRL drops such rows silently). Raise dataset.max_length or use dataset.truncation_side=keep_end",
-                "prompt_fills_max_length",
-            )
-        if self.max_prompt is not None and n_prompt > self.max_prompt:
-            raise RowProblem(
-                "prompt",
-                f"{n_prompt} tokens after templating > dataset.max_prompt_length={self.max_prompt}",
-                "prompt_too_long",
-            )
-        if self.max_completion is not None and n_completion > self.max_completion:
-            raise RowProblem(
-                "chosen" if len(chosen) >= len(rejected) else "rejected",
-                f"{n_completion} completion tokens > dataset.max_completion_length={self.max_completion}",
-                "completion_too_long",
-            )
-        too_long = self.max_length is not None and n_prompt + n_completion > self.max_length
-        if too_long and self.too_long_invalid:
-            raise RowProblem(
-                "chosen" if len(chosen) >= len(rejected) else "rejected",
-                f"{n_prompt + n_completion} tokens > dataset.max_length={self.max_length} (dataset.on_too_long=invalid)",
-                "too_long",
-            )
-        return too_long
-
-
 @dataclass
 class CheckedSplit:
     rows: list[dict[str, Any]]
     problems: list[Problem]
     read: int  # rows looked at (a sample limit stops early)
     truncated: int
+    origins: list[RowOrigin] = dataclass_field(default_factory=list)  # where each of `rows` came from
 
 
-def check_rows(raw: Rows, cfg: DictConfig, tokenizer=None, limit: int | None = None) -> CheckedSplit:
-    """Adapt and check rows in order until `limit` valid ones are collected (all rows when no limit)."""
+def check_rows(raw: Rows, cfg: DictConfig, limit: int | None = None) -> CheckedSplit:
+    """Adapt and check the structure of rows in order until `limit` valid ones are collected (all rows when no
+    limit). Token lengths are checked later, on TRL's own token ids (`tokenize.py`)."""
     d = cfg.dataset
     adapter = ADAPTERS[d.name]
     conversational = d.format == "conversational" or d.name in ("toy", "ultrafeedback", "hh_rlhf", "orca_dpo_pairs")
     if d.name == "local" and d.format == "standard" and d.to_conversational:
         conversational = True
-    lengths = LengthChecker(tokenizer, cfg) if tokenizer is not None else None
-    rows, problems, truncated, read = [], [], 0, 0
+    rows, origins, problems, truncated, read = [], [], [], 0, 0
     for raw_row, origin in raw:
         if limit is not None and len(rows) >= limit:
             break
         read += 1
         try:
             row = check_structure(adapter(raw_row, cfg), conversational, cfg.model.merge_system_into_user)
-            if lengths is not None and lengths.check(row):
-                truncated += 1
         except RowProblem as p:
             problems.append(Problem(origin, p.field, p.message, p.reason))
             continue
         rows.append(row)
-    return CheckedSplit(rows, problems, read, truncated)
+        origins.append(origin)
+    return CheckedSplit(rows, problems, read, truncated, origins)
 
 
 def handle_problems(cfg: DictConfig, splits: dict[str, CheckedSplit]) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""A folder of cache entries shared by the jobs of a sweep: atomic entries, one writer per entry, stale locks broken.
+
+Used by the reference log-prob cache (`ref_cache.py`, one `.npz` file per entry) and the prepared-data cache
+(`data/cache.py`, one folder of Arrow files per entry). What an entry holds is the user's business; this module
+owns the discipline that makes sharing safe:
+
+- an entry appears atomically (the user writes a temp file or folder and renames it into place), so a reader never
+  sees half an entry and a crashed writer leaves only a temp name nobody reads; deleting the folder is always safe;
+- concurrent jobs compute an entry once: the first takes `<key>.lock` (O_CREAT|O_EXCL, holding pid, host and a
+  heartbeat mtime), the others wait up to `lock_timeout_s` for the entry and then compute it themselves;
+- a lock whose holder died (same host: pid gone; any host: no heartbeat for STALE_LOCK_S) is broken by the next job.
+
+Imports only the standard library: the store runs on any node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+# The holder touches its lock every HEARTBEAT_S; a lock untouched for STALE_LOCK_S is from a dead job (another host).
+HEARTBEAT_S = 10.0
+STALE_LOCK_S = 120.0
+HIT, COMPUTED, OFF = "hit", "computed", "off"
+
+T = TypeVar("T")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LockedStore:
+    """Entries under `root/<key[:2]>/` and their locks (`<key>.lock`), safe for concurrent processes and hosts.
+
+    `label` names the cache in log lines ("Reference cache", "Data cache")."""
+
+    label = "Cache"
+
+    def __init__(self, root: str | os.PathLike, lock_timeout_s: float, poll_s: float = 0.2):
+        self.root = Path(root).expanduser()
+        self.lock_timeout_s = lock_timeout_s
+        self.poll_s = poll_s
+
+    def lock_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.lock"
+
+    # ----- locking
+
+    def _try_lock(self, key: str) -> str | None:
+        """Create the lock file atomically; return our token, or None if another job holds it."""
+        path = self.lock_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": token, "since": time.time()}, f)
+        return token
+
+    def _lock_is_stale(self, key: str) -> bool:
+        path = self.lock_path(key)
+        try:
+            age = time.time() - path.stat().st_mtime
+            holder = json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            return False
+        except json.JSONDecodeError:
+            # Created but not yet written by its holder (a few microseconds), or written by a job killed right then.
+            return age > STALE_LOCK_S
+        if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1))):
+            return True
+        return age > STALE_LOCK_S
+
+    def _break_stale_lock(self, key: str) -> None:
+        # Rename first (atomic, only one job wins), then delete: two jobs breaking the same stale lock at once do not
+        # delete a fresh lock taken in between by a third.
+        aside = self.lock_path(key).with_suffix(f".stale.{uuid.uuid4().hex}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.lock_path(key), aside)
+            aside.unlink()
+            log.warning("%s: broke the stale lock of %s (its holder died).", self.label, key)
+
+    def _release(self, key: str, token: str) -> None:
+        path = self.lock_path(key)
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            if json.loads(path.read_text()).get("token") == token:
+                path.unlink()
+
+    @contextlib.contextmanager
+    def _heartbeat(self, key: str):
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(self.lock_path(key))
+
+        thread = threading.Thread(target=beat, name=f"cache-heartbeat-{key[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def get_or_compute_with(
+        self, key: str, load: Callable[[], T | None], compute_and_save: Callable[[], T], timeout_setting: str
+    ) -> tuple[T, str]:
+        """`load()`'s entry and HIT, or `compute_and_save()`'s (which stores it atomically) and COMPUTED.
+
+        One job computes, the others wait for its entry; `timeout_setting` names the config key of `lock_timeout_s`
+        in the message of a job that stops waiting."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        waited = False
+        while True:
+            found = load()
+            if found is not None:
+                return found, HIT
+            token = self._try_lock(key)
+            if token is not None:
+                try:
+                    # Another job may have finished between our load() and our lock.
+                    found = load()
+                    if found is not None:
+                        return found, HIT
+                    with self._heartbeat(key):
+                        return compute_and_save(), COMPUTED
+                finally:
+                    self._release(key, token)
+            if self._lock_is_stale(key):
+                self._break_stale_lock(key)
+                continue
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "%s: waited %s=%s s for another job computing %s; computing it here too (the entry is written "
+                    "atomically, so both results are safe).",
+                    self.label,
+                    timeout_setting,
+                    self.lock_timeout_s,
+                    key,
+                )
+                return compute_and_save(), COMPUTED
+            if not waited:
+                log.info("%s: another job is computing %s; waiting for it.", self.label, key[:12])
+                waited = True
+            time.sleep(self.poll_s)

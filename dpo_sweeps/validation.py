@@ -57,6 +57,15 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
     _one_of(problems, "model.dtype", m.dtype, DTYPES)
     if m.tiny_arch is not None:
         _one_of(problems, "model.tiny_arch", m.tiny_arch, ("llama", "qwen2", "gemma"))
+    if m.gguf is not None:
+        from dpo_sweeps.gguf_models import missing_packages
+
+        try:
+            missing = missing_packages(m.gguf)
+        except ValueError as e:
+            missing = str(e)
+        if missing:
+            problems.append(missing)
     if m.prequantized and cfg.quantization.mode != "none":
         problems.append(
             f"quantization={cfg.quantization.mode} with model.prequantized=true ({m.name_or_path}): the checkpoint is "

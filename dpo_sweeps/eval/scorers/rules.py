@@ -6,6 +6,7 @@ argument. With `eval.rule=null` the bundled set's own rule applies (`DATASET_RUL
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +28,9 @@ TOY_HELPFUL = ("sure", "of course", "certainly", "happy to help", "here is")
 
 
 def toy_helpful(prompt: str, completion: str, arg: str | None) -> bool:
-    """The toy set's preference: a helpful, agreeing reply rather than a curt refusal."""
+    """The toy set's preference: a helpful, agreeing reply rather than a curt refusal (whole words only)."""
     text = completion.casefold()
-    return any(word in text for word in TOY_HELPFUL)
+    return any(re.search(rf"\b{re.escape(word)}\b", text) for word in TOY_HELPFUL)
 
 
 RULES: dict[str, Callable[[str, str, str | None], bool]] = {

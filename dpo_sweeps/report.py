@@ -502,6 +502,8 @@ def write_plots(plots_dir: Path, points: list[Point], metric: str) -> tuple[list
         sweep_stats.plot_frontier(plt, plots_dir, points, swept),
         *sweep_stats.plot_means_vs_param(plt, plots_dir, points, swept, metric),
     ]:
+        if entry is None:
+            continue
         if entry.get("skipped"):
             skipped.append({"file": entry["file"], "reason": entry["skipped"]})
         else:

@@ -125,8 +125,11 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -> dict[str, Any]:
-    """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary."""
+def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -> dict[str, Any] | None:
+    """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary.
+    None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
+    if not any(k.startswith("gen/") for p in points for k in p.metrics):
+        return None
     entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": KL_KEY, "panels": []}
     have = [p for p in points if _finite(p.value(KL_KEY)) and any(_finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
     if not have:

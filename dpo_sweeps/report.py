@@ -436,6 +436,11 @@ def text_table(points: list[Point], metric: str) -> str:
     if metric not in cols:
         cols.append(metric)
         headers.append(metric)
+    # The generation eval's headline numbers, where the points have them (what a real-model sweep is judged by).
+    for key in ("gen/score_before", "gen/score_after", "gen/kl_to_ref", "gen/finished_after"):
+        if any(_finite(p.value(key)) for p in points):
+            cols.append(key)
+            headers.append(METRIC_COLUMNS[key])
     swept, _ = swept_params(points)
     rows = [
         [_label(p, swept), p.state + (f" ({_one_line(p.error, 60)})" if p.error else "")]

@@ -49,6 +49,8 @@ class Answers:
     texts: list[str]
     completion_ids: list[list[int]]
     finished: list[bool]
+    # log pi(y|x) of each answer under the model that wrote it, from the logits it sampled with.
+    logprobs: list[float] = field(default_factory=list)
     scores: list[float] | None = None
     # log pi(y|x) - log pi_ref(y|x) per answer; None when no reference was available.
     log_ratios: list[float] | None = None
@@ -87,7 +89,7 @@ def generate(cfg: DictConfig, model, tokenizer, prompts: list[Any]) -> Answers:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
     prompt_ids = [samples.prompt_ids(cfg, tokenizer, p)[0].tolist() for p in prompts]
-    texts, completion_ids, finished = [], [], []
+    texts, completion_ids, finished, logprobs = [], [], [], []
     with _eval_mode(model):
         torch.manual_seed(e.seed)
         for start in range(0, len(prompt_ids), e.batch_size):
@@ -105,15 +107,26 @@ def generate(cfg: DictConfig, model, tokenizer, prompts: list[Any]) -> Answers:
                 **(sampling if e.temperature > 0 else greedy),
                 num_beams=1,
                 pad_token_id=pad,
+                # The raw logits of every step give log pi(y|x) of the answer for free (no second forward pass):
+                # with temperature 1 and no top-k/top-p they are the distribution the tokens were drawn from.
+                output_logits=True,
+                return_dict_in_generate=True,
             )
-            for row in out[:, width:].tolist():
+            generated = out.sequences[:, width:]
+            step_logprobs = torch.stack(
+                [torch.log_softmax(step.float(), dim=-1).gather(1, generated[:, i : i + 1])[:, 0]
+                 for i, step in enumerate(out.logits)],
+                dim=1,
+            )  # fmt: skip
+            for row, row_logprobs in zip(generated.tolist(), step_logprobs.tolist(), strict=True):
                 # With pad == eos (SmolLM2) everything after the first EOS is padding: cut there.
                 end = next((i for i, t in enumerate(row) if t in eos), None)
                 finished.append(end is not None)
                 ids = row if end is None else row[: end + 1]
                 completion_ids.append(ids)
+                logprobs.append(sum(row_logprobs[: len(ids)]))
                 texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return Answers(texts=texts, completion_ids=completion_ids, finished=finished)
+    return Answers(texts=texts, completion_ids=completion_ids, finished=finished, logprobs=logprobs)
 
 
 def _sequence_logprob(model, prompt: list[int], completion: list[int]) -> float:
@@ -137,17 +150,16 @@ def reference_of(policy, reference):
 
 
 def log_ratios(cfg: DictConfig, policy, reference, tokenizer, prompts: list[Any], answers: Answers) -> list[float]:
-    """log pi(y|x) - log pi_ref(y|x) for each answer (tokens up to and including EOS); [] without a reference."""
+    """log pi(y|x) - log pi_ref(y|x) for each answer (tokens up to and including EOS); [] without a reference.
+    log pi(y|x) comes from generation (`Answers.logprobs`); the reference scores the answers in one pass each."""
     prompt_ids = [samples.prompt_ids(cfg, tokenizer, p)[0].tolist() for p in prompts]
     pairs = [(p, c) for p, c in zip(prompt_ids, answers.completion_ids, strict=True)]
-    with _eval_mode(policy):
-        policy_lp = [_sequence_logprob(policy, p, c) if c else 0.0 for p, c in pairs]
-        with reference_of(policy, reference) as ref:
-            if ref is None:
-                return []
-            with _eval_mode(ref):
-                ref_lp = [_sequence_logprob(ref, p, c) if c else 0.0 for p, c in pairs]
-    return [a - b for a, b in zip(policy_lp, ref_lp, strict=True)]
+    with _eval_mode(policy), reference_of(policy, reference) as ref:
+        if ref is None:
+            return []
+        with _eval_mode(ref):
+            ref_lp = [_sequence_logprob(ref, p, c) if c else 0.0 for p, c in pairs]
+    return [a - b for a, b in zip(answers.logprobs, ref_lp, strict=True)]
 
 
 def _mean(values: list[float]) -> float:

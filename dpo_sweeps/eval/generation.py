@@ -185,6 +185,13 @@ class GenerationEval:
         ratios = log_ratios(self.cfg, model, reference, tokenizer, self.prompts, answers)
         answers.log_ratios = ratios or None
         answers.seconds = round(time.time() - started, 3)
+        log.info(
+            "Generation eval: %d answers of <= %d tokens in %.1f s (scorer: %s)",
+            len(answers.texts),
+            self.cfg.training.max_new_tokens,
+            answers.seconds,
+            self.scorer.name if self.scorer else "none",
+        )
         return answers
 
     def run_before(self, policy, reference=None) -> dict[str, Any]:

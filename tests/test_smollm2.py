@@ -45,8 +45,8 @@ def test_demo_preset_moves_a_real_models_answers_on_a_style_set_of_its_own(tmp_p
     run_cli(
         ["experiment=smollm2_demo", "hydra.mode=RUN", "beta=0.1", "dataset=local", f"dataset.path={path}",
          "dataset.to_conversational=true", "eval.rule=starts_with", f"eval.rule_arg={STYLE}",
-         # Cheaper than the demo's points, to stay affordable in CI: half the prompts.
-         "eval.gen_prompts=8", "training.sample_completions=8",
+         # Cheaper than the demo's points, to stay affordable in CI: half the prompts, 64 training pairs.
+         "eval.gen_prompts=8", "training.sample_completions=8", "dataset.max_train_samples=64",
          f"ref_cache.dir={tmp_path / 'rc'}", f"hydra.run.dir={run_dir}"],
         timeout=1500,
     )  # fmt: skip

@@ -438,7 +438,7 @@ def text_table(points: list[Point], metric: str) -> str:
         headers.append(metric)
     # The generation eval's headline numbers, where the points have them (what a real-model sweep is judged by).
     for key in ("gen/score_before", "gen/score_after", "gen/kl_to_ref", "gen/finished_after"):
-        if any(_finite(p.value(key)) for p in points):
+        if key not in cols and any(_finite(p.value(key)) for p in points):
             cols.append(key)
             headers.append(METRIC_COLUMNS[key])
     swept, _ = swept_params(points)

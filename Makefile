@@ -30,7 +30,7 @@ install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev,
 demo: install ## A 3-point beta sweep of DPO on a tiny model, CPU only, ~2 minutes; prints the results table
 	$(PY) -m dpo_sweeps experiment=demo
 
-demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct (real model, CPU, <20 min on 2 cores)
+demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct (real model, CPU, ~11 min on 2 cores)
 	$(PY) -m dpo_sweeps experiment=smollm2_demo
 
 test: install ## The whole test suite (SLURM tests need `make slurm-up` first, else they skip)

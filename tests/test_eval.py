@@ -158,7 +158,7 @@ def test_bad_eval_settings_are_named(overrides, expected):
     assert any(expected in p for p in problems), problems
 
 
-def test_nan_free_mean_of_no_scores_is_not_reported(tmp_path):
+def test_a_dataset_without_a_rule_gets_no_score_and_says_why(tmp_path):
     # A dataset without a rule and no reward model: answers are measured (KL, finished) but not scored, and the
     # metrics say why instead of reporting a score that was never computed.
     path = tmp_path / "prefs.jsonl"

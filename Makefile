@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench bench-data bench-submit search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,14 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	@if $(PY) -c "import torch" 2>/dev/null; then echo "torch already installed: keeping it"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch $(TORCH_PIP_ARGS); \
 	else $(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
-	$(PY) -m pip install -q -e ".[dev,search]"
+	$(PY) -m pip install -q -e ".[dev,search,real]"
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev and search extras
+install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev, search and real extras
 	@echo "Installed. Activate with: source $(VENV)/bin/activate"
 
 demo: install ## A 3-point beta sweep of DPO on a tiny model, CPU only, ~2 minutes; prints the results table
 	$(PY) -m dpo_sweeps experiment=demo
+
+demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct (real model, CPU, ~11 min on 2 cores)
+	$(PY) -m dpo_sweeps experiment=smollm2_demo
 
 test: install ## The whole test suite (SLURM tests need `make slurm-up` first, else they skip)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -19,6 +19,9 @@ class ModelConfig:
     name_or_path: str = MISSING
     # Architecture of a tiny random-initialised model to materialise locally (llama, qwen2, gemma); null for real ones.
     tiny_arch: str | None = None
+    # A GGUF file shipped inside an installed Python package, "<package>:<file>": converted once into an HF folder
+    # in the dpo_sweeps cache (dpo_sweeps/gguf_models.py) and loaded from there. null = load name_or_path.
+    gguf: str | None = None
     revision: str | None = None
     # auto = bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.
     dtype: str = "auto"
@@ -152,8 +155,9 @@ class TrainingConfig:
     save_merged: bool = False
     # Save the final adapter/model at all (off for quick sweeps where only metrics matter).
     save_model: bool = True
-    # Number of held-out prompts to sample completions for (reference vs trained policy); 0 = off.
+    # How many of the generation eval's answers go to samples.jsonl (reference vs trained policy); 0 = none.
     sample_completions: int = 4
+    # Longest answer the generation eval (and samples.jsonl) lets a model write, in tokens.
     max_new_tokens: int = 48
     # Torch threads per run on CPU; null = torch's default.
     cpu_threads: int | None = None
@@ -208,6 +212,28 @@ class DataCacheConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Generation eval (dpo_sweeps/eval/): held-out prompts answered before and after training, scored, KL to the
+    # reference. Cost: 2 x gen_prompts answers of at most training.max_new_tokens tokens. 0 = off (samples.jsonl
+    # still gets training.sample_completions answers).
+    gen_prompts: int = 8
+    # 1.0 = sample from the model's own distribution (gen/kl_to_ref is then a KL estimate); 0 = greedy.
+    temperature: float = 1.0
+    # Sampling seed: the same run gives the same answers; before and after use the same one.
+    seed: int = 0
+    # Prompts generated at once (left-padded).
+    batch_size: int = 8
+    # auto (the dataset's bundled rule, else eval.reward_model if set, else none), rule, reward_model or none.
+    scorer: str = "auto"
+    # A rule of dpo_sweeps/eval/scorers/rules.py (starts_with, contains, toy_helpful); null = the dataset's own.
+    rule: str | None = None
+    # The rule's argument, e.g. the text an answer must start with.
+    rule_arg: str | None = None
+    # Folder or hub id of a one-label AutoModelForSequenceClassification reward model (eval.scorer=reward_model).
+    reward_model: str | None = None
+
+
+@dataclass
 class ResumeConfig:
     # Requeues after preemption/time limit before the run is marked failed.
     max_requeues: int = 3
@@ -230,6 +256,7 @@ class DpoSweepsConfig:
     ref_cache: RefCacheConfig = field(default_factory=RefCacheConfig)
     data_cache: DataCacheConfig = field(default_factory=DataCacheConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # Compose and validate every point, print the job grid, run nothing.
     dry_run: bool = False
     # Run a point again even if its status.json says completed (the old folder is moved aside, never overwritten).

@@ -156,6 +156,28 @@ def _results_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _generation_section(metrics: dict[str, Any]) -> str:
+    """The generation eval (dpo_sweeps/eval/): answers to held-out prompts from the reference and the trained model."""
+    if not any(k.startswith("gen/") for k in metrics):
+        return ""
+    fmt = lambda v: "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = [
+        ("score (mean)", metrics.get("gen/score_before"), metrics.get("gen/score_after")),
+        ("answers that finish", metrics.get("gen/finished_before"), metrics.get("gen/finished_after")),
+        ("answer length (tokens)", metrics.get("gen/mean_tokens_before"), metrics.get("gen/mean_tokens")),
+        ("KL to the reference (nats)", metrics.get("gen/kl_to_ref_before"), metrics.get("gen/kl_to_ref")),
+    ]
+    notes = [metrics[k] for k in ("gen/score_note", "gen/kl_to_ref_note") if metrics.get(k)]
+    return (
+        f"\n\nAnswers to {metrics.get('gen/prompts', 'n/a')} held-out prompts (at most "
+        f"{metrics.get('gen/max_new_tokens', 'n/a')} new tokens, temperature {metrics.get('gen/temperature', 'n/a')}), "
+        f"scored by `{metrics.get('gen/scorer', 'none')}`; win rate against the reference: "
+        f"{fmt(metrics.get('gen/win_rate_vs_ref'))}.\n\n| Generation | Reference (before) | After training |\n|---|---|---|\n"
+        + "\n".join(f"| {label} | {fmt(b)} | {fmt(a)} |" for label, b, a in rows)
+        + "".join(f"\n\nNote: {n}" for n in notes)
+    )
+
+
 def _dataset_section(cfg: DictConfig, data_stats: dict[str, Any]) -> str:
     d = cfg.dataset
     source = f"[{d.hub_id}](https://huggingface.co/datasets/{d.hub_id})" if d.hub_id else f"`{d.path or 'bundled'}`"
@@ -259,7 +281,7 @@ Changed from the defaults: {changed_line}.
 
 Held-out preference pairs, before and after training:
 
-{_results_table(metrics)}
+{_results_table(metrics)}{_generation_section(metrics)}
 
 Global steps: {metrics.get("global_step", "n/a")}. Full metrics: `metrics.json`; per-step history: `metrics.jsonl`.
 

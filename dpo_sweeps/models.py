@@ -40,11 +40,15 @@ def resolve_dtype(name: str, cfg: DictConfig) -> torch.dtype:
 
 
 def model_path(cfg: DictConfig) -> str:
-    """The folder or hub id to load; tiny models are built here on first use."""
+    """The folder or hub id to load; tiny models are built, GGUF files converted, here on first use."""
     if cfg.model.tiny_arch:
         from dpo_sweeps.tiny_models import ensure
 
         return str(ensure(cfg.model.tiny_arch))
+    if cfg.model.gguf:
+        from dpo_sweeps import gguf_models
+
+        return str(gguf_models.ensure(cfg.model.gguf))
     return cfg.model.name_or_path
 
 
@@ -56,7 +60,10 @@ def load_tokenizer(cfg: DictConfig):
         model_path(cfg), revision=m.revision, trust_remote_code=m.trust_remote_code
     )
     if m.pad_token is not None:
-        if tokenizer.convert_tokens_to_ids(m.pad_token) in (None, tokenizer.unk_token_id):
+        pad_id = tokenizer.convert_tokens_to_ids(m.pad_token)
+        # A token that maps to the unknown token's id is not in the vocabulary, unless it *is* the unknown token
+        # (SmolLM2's <|endoftext|>).
+        if pad_id is None or (pad_id == tokenizer.unk_token_id and m.pad_token != tokenizer.unk_token):
             raise ValueError(
                 f"model.pad_token={m.pad_token!r} is not a token of {m.name_or_path}'s tokenizer. "
                 "Pick a token from its vocabulary (a reserved special token is best)."

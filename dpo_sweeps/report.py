@@ -11,6 +11,7 @@ Every immediate subfolder of the sweep folder that holds a `status.json` is one 
     plots/metric_vs_<p>.png reward accuracy and margin (and the objective) against each swept parameter (beta first),
                             one line per value of the other swept parameters
     plots/curves.png        train/eval loss and reward margin over steps, one series per point
+    plots/reward_kl_frontier.png, summary_by_config.csv (when seeds are swept): see sweep_stats.py
     plots/plots.json        what each figure shows (file, x parameter, panels, series labels and point counts)
 
 Rows are sorted by the target metric, best first; points without it (failed, running, NaN, unreadable metrics) come
@@ -50,6 +51,13 @@ METRIC_COLUMNS = {
     "initial_eval_rewards/accuracies": "initial acc",
     "train_loss": "train loss",
     "train_runtime": "runtime (s)",
+    # The generation eval (dpo_sweeps/eval/): what the answers gained, how far the policy moved, whether they finish.
+    "gen/score_before": "score before",
+    "gen/score_after": "score after",
+    "gen/win_rate_vs_ref": "win rate",
+    "gen/kl_to_ref": "KL to ref",
+    "gen/finished_before": "finished before",
+    "gen/finished_after": "finished after",
 }
 # Panels of curves.png: (metrics.jsonl key, title).
 CURVE_PANELS = (
@@ -428,6 +436,11 @@ def text_table(points: list[Point], metric: str) -> str:
     if metric not in cols:
         cols.append(metric)
         headers.append(metric)
+    # The generation eval's headline numbers, where the points have them (what a real-model sweep is judged by).
+    for key in ("gen/score_before", "gen/score_after", "gen/kl_to_ref", "gen/finished_after"):
+        if key not in cols and any(_finite(p.value(key)) for p in points):
+            cols.append(key)
+            headers.append(METRIC_COLUMNS[key])
     swept, _ = swept_params(points)
     rows = [
         [_label(p, swept), p.state + (f" ({_one_line(p.error, 60)})" if p.error else "")]
@@ -487,12 +500,20 @@ def write_plots(plots_dir: Path, points: list[Point], metric: str) -> tuple[list
             figures.append(entry)
             written.append(plots_dir / entry["file"])
 
-    entry = _plot_curves(plt, plots_dir, points, swept)
-    if entry.get("skipped"):
-        skipped.append({"file": entry["file"], "reason": entry["skipped"]})
-    else:
-        figures.append(entry)
-        written.append(plots_dir / entry["file"])
+    from dpo_sweeps import sweep_stats
+
+    for entry in [
+        _plot_curves(plt, plots_dir, points, swept),
+        sweep_stats.plot_frontier(plt, plots_dir, points, swept),
+        *sweep_stats.plot_means_vs_param(plt, plots_dir, points, swept, metric),
+    ]:
+        if entry is None:
+            continue
+        if entry.get("skipped"):
+            skipped.append({"file": entry["file"], "reason": entry["skipped"]})
+        else:
+            figures.append(entry)
+            written.append(plots_dir / entry["file"])
 
     manifest = {"figures": figures, "skipped": skipped}
     run_folder.write_json_atomic(plots_dir / PLOTS_MANIFEST, manifest)
@@ -629,7 +650,14 @@ def write_sweep_report(
     csv_path = sweep_dir / SUMMARY_CSV
     write_csv(csv_path, points, metric)
     md_path = sweep_dir / SUMMARY_MD
-    run_folder.write_text_atomic(md_path, markdown_report(sweep_dir, points, metric, mode, plot_paths))
+    markdown = markdown_report(sweep_dir, points, metric, mode, plot_paths)
+    by_config_path = _write_seed_aggregation(sweep_dir, points, metric)
+    if by_config_path:
+        from dpo_sweeps import sweep_stats
+
+        swept, _ = swept_params(points)
+        markdown += sweep_stats.markdown_section(sweep_stats.aggregate(points, swept, metric), metric)
+    run_folder.write_text_atomic(md_path, markdown)
     return ReportPaths(
         sweep_dir=sweep_dir,
         csv=csv_path,
@@ -642,6 +670,19 @@ def write_sweep_report(
         n_points=len(points),
         counts=_counts(points),
     )
+
+
+def _write_seed_aggregation(sweep_dir: Path, points: list[Point], metric: str) -> Path | None:
+    """summary_by_config.csv when the sweep varies `seed` (see sweep_stats.py); a stale one is removed otherwise."""
+    from dpo_sweeps import sweep_stats
+
+    path = sweep_dir / sweep_stats.BY_CONFIG_CSV
+    swept, _ = swept_params(points)
+    if not sweep_stats.seeds_swept(swept):
+        path.unlink(missing_ok=True)
+        return None
+    sweep_stats.write_by_config(path, sweep_stats.aggregate(points, swept, metric))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

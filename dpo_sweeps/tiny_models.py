@@ -171,6 +171,42 @@ def ensure(arch: str) -> Path:
     return dest
 
 
+def build_reward_model(dest: str | os.PathLike) -> Path:
+    """A tiny random reward model (Llama, one output label, the tiny Llama's tokenizer and chat template), atomically:
+    what `eval.scorer=reward_model` loads in tests and CPU runs. Its scores are arbitrary but deterministic."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        tokenizer = _train_tokenizer("llama")
+        tokenizer.pad_token = "<|finetune_right_pad_id|>"
+        config = _model_config("llama", tokenizer)
+        config.num_labels = 1
+        config.pad_token_id = tokenizer.pad_token_id
+        torch.manual_seed(1)
+        AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def ensure_reward_model() -> Path:
+    dest = Path(tiny_model_dir("llama_reward"))
+    if not (dest / "config.json").exists():
+        build_reward_model(dest)
+    return dest
+
+
 def main(argv: list[str] | None = None) -> None:
     archs = (argv if argv is not None else sys.argv[1:]) or list(ARCHS)
     for arch in archs:

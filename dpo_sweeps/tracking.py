@@ -143,6 +143,8 @@ def _wandb_key(key: str) -> str:
         return "eval/" + key[len("eval_") :]
     if key.startswith("initial_eval_"):
         return "initial_eval/" + key[len("initial_eval_") :]
+    if key.startswith("gen/"):  # the generation eval's section (dpo_sweeps/eval/)
+        return key
     return "train/" + key
 
 

@@ -228,12 +228,16 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics.update(_eval_metrics(trainer, "initial_eval"))
         if trainer.is_world_process_zero():
             run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
-    from dpo_sweeps import samples
+    from dpo_sweeps.eval import GenerationEval, n_prompts
 
-    sample_as_reference = trainer.is_world_process_zero() and cfg.training.sample_completions > 0
-    reference_texts = (
-        samples.reference_completions(cfg, trainer.model, models.tokenizer, data.eval) if sample_as_reference else []
+    # Rank 0 answers the held-out prompts before training (kept in gen_before.json across requeues) and after.
+    gen_eval = (
+        GenerationEval(cfg, models.tokenizer, data.eval, run_dir)
+        if trainer.is_world_process_zero() and n_prompts(cfg) > 0
+        else None
     )
+    if gen_eval:
+        gen_eval.run_before(trainer.model, models.reference)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     cluster.after_train()  # stopped for a preemption: requeue now (does not return)
     metrics.update({k: v for k, v in train_result.metrics.items()})
@@ -242,10 +246,12 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics.update({f"data/{k}": v for k, v in data.stats.items()})
     metrics.update(data.cache_metrics())  # "data_cache": hit | computed | off
     metrics.update(ref_info.metrics())
-    if sample_as_reference:
-        tracker.log_samples(
-            samples.generate_samples(cfg, trainer.model, models.tokenizer, data.eval, reference_texts, run_dir)
-        )
+    if gen_eval:
+        gen_metrics = gen_eval.run_after(trainer.model, models.reference)
+        metrics.update(gen_metrics)
+        run_folder.append_history(run_dir, {"step": trainer.state.global_step, "time": time.time(), **gen_metrics})
+        tracker.log_metrics(gen_metrics, trainer.state.global_step)
+        tracker.log_samples(gen_eval.samples)
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     if torch.cuda.is_available() and not cfg.training.use_cpu:
         # What a user sizes the next job by: the peak this process's GPU held over the whole run.

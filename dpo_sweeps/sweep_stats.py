@@ -1,0 +1,222 @@
+"""What the sweep report says across points: the reward-KL frontier and seeds aggregated into configurations.
+
+Called from `report.py` (summary.csv, summary.md, plots/); stdlib and matplotlib only, like the report.
+
+    plots/reward_kl_frontier.png  generation score and win rate against gen/kl_to_ref, one point per sweep point
+                                  (and, when seeds are swept, one per configuration: mean with 95% intervals both ways)
+    summary_by_config.csv         when `seed` is swept: one row per configuration (every override except seed) with
+                                  `n` and, for each headline metric, `<metric>_mean` and `<metric>_ci95`
+    plots/<metric>_by_<param>_mean.png   the headline metrics against each swept parameter, mean over seeds, with
+                                  95% error bars
+
+The intervals are Student-t 95% half-widths of the mean over seeds (empty for a single seed). The frontier's data is
+already in summary.csv (the gen/ columns); the manifest (plots.json) says which points each figure shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from dpo_sweeps.report import Point, _csv_value, _finite, _fmt, _label, _md_cell, _safe_filename, _value_order
+
+BY_CONFIG_CSV = "summary_by_config.csv"
+FRONTIER_PNG = "reward_kl_frontier.png"
+SEED_KEY = "seed"
+KL_KEY = "gen/kl_to_ref"
+# y axes of the frontier: (metrics.json key, label).
+FRONTIER_PANELS = (("gen/score_after", "generation score after training"), ("gen/win_rate_vs_ref", "win rate vs ref"))
+# Metrics aggregated over seeds (the objective is added when it is another one).
+HEADLINE_METRICS = (
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
+    "eval_loss",
+    "gen/score_before",
+    "gen/score_after",
+    "gen/win_rate_vs_ref",
+    "gen/kl_to_ref",
+    "gen/finished_before",
+    "gen/finished_after",
+)
+# Two-sided 95% Student-t quantiles by degrees of freedom (1..30); 1.96 beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, 95% half-width of the mean); the half-width is None below two values."""
+    values = [v for v in values if _finite(v)]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    t = _T95[len(values) - 2] if len(values) - 1 <= len(_T95) else 1.96
+    return mean, t * sd / math.sqrt(len(values))
+
+
+def seeds_swept(swept: list[str]) -> bool:
+    return SEED_KEY in swept
+
+
+def group_by_config(points: list[Point], swept: list[str]) -> dict[str, list[Point]]:
+    """Points with the same overrides except the seed, in the report's order of their first point."""
+    keys = [k for k in swept if k != SEED_KEY]
+    groups: dict[str, list[Point]] = {}
+    for p in sorted(points, key=lambda p: [_value_order(p.overrides.get(k, "")) for k in keys]):
+        groups.setdefault(_label(p, keys) if keys else "all points", []).append(p)
+    return groups
+
+
+def headline_metrics(metric: str) -> list[str]:
+    return list(HEADLINE_METRICS) + ([metric] if metric not in HEADLINE_METRICS else [])
+
+
+def aggregate(points: list[Point], swept: list[str], metric: str) -> list[dict[str, Any]]:
+    """One row per configuration: its swept values, n (points with the objective metric), seeds, mean and ci95."""
+    keys = [k for k in swept if k != SEED_KEY]
+    rows = []
+    for label, group in group_by_config(points, swept).items():
+        row: dict[str, Any] = {"config": label, **{k: group[0].overrides.get(k, "") for k in keys}}
+        row["n"] = sum(_finite(p.value(metric)) for p in group)
+        row["seeds"] = " ".join(sorted((p.overrides.get(SEED_KEY, "") for p in group), key=_value_order))
+        for key in headline_metrics(metric):
+            mean, ci = mean_ci95([p.value(key) for p in group if _finite(p.value(key))])
+            row[f"{key}_mean"], row[f"{key}_ci95"] = mean, ci
+        rows.append(row)
+    return rows
+
+
+def write_by_config(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0]) if rows else ["config", "n"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows([{k: _csv_value(v) for k, v in row.items()} for row in rows])
+    tmp.replace(path)
+
+
+def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
+    """summary.md's "Seeds aggregated" section: mean ± 95% interval per configuration."""
+    shown = [m for m in headline_metrics(metric) if any(r.get(f"{m}_mean") is not None for r in rows)]
+    lines = [
+        "",
+        "## Seeds aggregated",
+        "",
+        f"One row per configuration (every override except `seed`): mean ± 95% interval over its seeds "
+        f"(Student t; none for one seed). Also in `{BY_CONFIG_CSV}`.",
+        "",
+        "| " + " | ".join(["configuration", "n", "seeds", *[f"`{m}`" for m in shown]]) + " |",
+        "|" + "---|" * (3 + len(shown)),
+    ]
+    for r in rows:
+        cells = [r["config"], str(r["n"]), r["seeds"]]
+        for m in shown:
+            mean, ci = r.get(f"{m}_mean"), r.get(f"{m}_ci95")
+            cells.append(_fmt(mean) + (f" ± {_fmt(ci, 2)}" if ci is not None else ""))
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -> dict[str, Any] | None:
+    """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary.
+    None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
+    if not any(k.startswith("gen/") for p in points for k in p.metrics):
+        return None
+    entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": KL_KEY, "panels": []}
+    have = [p for p in points if _finite(p.value(KL_KEY)) and any(_finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
+    if not have:
+        entry["skipped"] = f"no point has {KL_KEY} and a generation score (is a scorer configured? see gen/score_note)"
+        return entry
+    with_seeds = seeds_swept(swept)
+    groups = group_by_config(have, swept) if with_seeds else {}
+    label_keys = swept or []
+    fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(6 * len(FRONTIER_PANELS), 4.5), squeeze=False)
+    for ax, (key, title) in zip(axes[0], FRONTIER_PANELS, strict=True):
+        panel: dict[str, Any] = {"y": key, "points": [], "configs": []}
+        xy = [(p.value(KL_KEY), p.value(key), p) for p in have if _finite(p.value(key))]
+        ax.scatter(
+            [x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45 if with_seeds else 0.9, label="sweep points"
+        )
+        for x, y, p in xy:
+            if not with_seeds:
+                ax.annotate(
+                    _label(p, label_keys), (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
+                )
+            panel["points"].append({"point": p.name, "x": x, "y": y})
+        for label, group in groups.items():
+            mx, cx = mean_ci95([p.value(KL_KEY) for p in group if _finite(p.value(key))])
+            my, cy = mean_ci95([p.value(key) for p in group if _finite(p.value(key))])
+            if mx is None or my is None:
+                continue
+            ax.errorbar(mx, my, xerr=cx or 0, yerr=cy or 0, fmt="s", capsize=3, label=f"{label} (mean, 95%)")
+            panel["configs"].append({"config": label, "x": mx, "y": my, "x_ci95": cx, "y_ci95": cy, "n": len(group)})
+        ax.set_xlabel("KL to reference (nats, gen/kl_to_ref)")
+        ax.set_ylabel(key)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if groups:
+            ax.legend(fontsize="x-small")
+        entry["panels"].append(panel)
+    fig.suptitle("reward-KL frontier: what the answers gained against how far the policy moved")
+    fig.tight_layout()
+    fig.savefig(plots_dir / FRONTIER_PNG, dpi=100)
+    plt.close(fig)
+    return entry
+
+
+def plot_means_vs_param(plt, plots_dir: Path, points: list[Point], swept: list[str], metric: str) -> list[dict]:
+    """Headline metrics against each numeric swept parameter, mean over seeds with 95% error bars."""
+    from dpo_sweeps.report import is_numeric_param
+
+    entries = []
+    if not seeds_swept(swept):
+        return entries
+    rows_by_config = group_by_config(points, swept)
+    panels = [m for m in headline_metrics(metric) if any(_finite(p.value(m)) for p in points)][:6]
+    for param in [k for k in swept if k != SEED_KEY]:
+        filename = f"metrics_by_{_safe_filename(param)}_mean.png"
+        entry: dict[str, Any] = {"file": filename, "kind": "mean_vs_param", "x": param, "panels": []}
+        if not panels or not is_numeric_param(points, param):
+            entry["skipped"] = "no finished metrics" if not panels else f"{param} is not numeric"
+            entries.append(entry)
+            continue
+        others = [k for k in swept if k not in (param, SEED_KEY)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+        for ax, key in zip(axes[0], panels, strict=True):
+            series: dict[str, list[tuple[float, float, float]]] = {}
+            for group in rows_by_config.values():
+                mean, ci = mean_ci95([p.value(key) for p in group])
+                if mean is None:
+                    continue
+                series.setdefault(_label(group[0], others) if others else "mean over seeds", []).append(
+                    (float(group[0].overrides[param]), mean, ci or 0.0)
+                )
+            panel = {"y": key, "series": []}
+            for label, xs in series.items():
+                xs.sort()
+                ax.errorbar([x for x, _, _ in xs], [m for _, m, _ in xs], yerr=[c for _, _, c in xs], marker="o",
+                            capsize=3, label=label)  # fmt: skip
+                panel["series"].append({"label": label, "n_points": len(xs)})
+            values = [float(p.overrides[param]) for p in points if param in p.overrides]
+            if values and min(values) > 0 and max(values) / min(values) >= 20:
+                ax.set_xscale("log")
+            ax.set_xlabel(param)
+            ax.set_title(key, fontsize="small")
+            ax.grid(True, alpha=0.3)
+            if others:
+                ax.legend(fontsize="x-small")
+            entry["panels"].append(panel)
+        fig.suptitle(f"mean over seeds with 95% intervals vs {param}")
+        fig.tight_layout()
+        fig.savefig(plots_dir / filename, dpi=100)
+        plt.close(fig)
+        entries.append(entry)
+    return entries

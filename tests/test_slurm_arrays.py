@@ -347,11 +347,12 @@ def test_a_task_cancelled_mid_training_is_marked_failed_with_slurms_state_and_th
         "model=tiny_qwen",
         *TINY,
         *LOCAL_SLURM,
-        "training.max_steps=30",
+        # The victim trains far longer than the test waits (30 tiny steps take ~3 s on an idle machine, so a point of
+        # 30 could finish between the poll and the scancel); the other point finishes quickly.
+        "training.max_steps=30,5000",
         "training.logging_steps=1",
         "training.eval_before_training=false",
         "training.save_model=false",
-        "beta=0.1,0.3",
         f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.Popen(
@@ -363,7 +364,7 @@ def test_a_task_cancelled_mid_training_is_marked_failed_with_slurms_state_and_th
         text=True,
     )
     try:
-        victim = sweep / "beta=0.1"
+        victim = sweep / "training.max_steps=5000"
         deadline = time.monotonic() + 240
         while not any(r.get("step", 0) >= 1 for r in run_folder.read_history(victim)):
             assert proc.poll() is None and time.monotonic() < deadline, "the point never started training"
@@ -383,7 +384,8 @@ def test_a_task_cancelled_mid_training_is_marked_failed_with_slurms_state_and_th
     killed = read_json(victim / "status.json")
     assert killed["state"] == "failed", killed
     assert killed["slurm"]["state"] == "CANCELLED" and task in killed["error"] and "CANCELLED" in killed["error"]
-    other = read_json(sweep / "beta=0.3" / "status.json")
-    assert other["state"] == "completed" and read_json(sweep / "beta=0.3" / "metrics.json")["global_step"] == 30
+    other = read_json(sweep / "training.max_steps=30" / "status.json")
+    assert other["state"] == "completed"
+    assert read_json(sweep / "training.max_steps=30" / "metrics.json")["global_step"] == 30
     assert "Sweep summary: 1 completed, 1 failed" in out
     assert "Traceback" not in out

@@ -19,7 +19,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -35,6 +37,28 @@ STALE_LOCK_S = 120.0
 HIT, COMPUTED, OFF = "hit", "computed", "off"
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str | os.PathLike, marker: str = "config.json"):
+    """Yields a temp folder beside `dest` to fill; renames it into place when the block ends without error. A
+    concurrent writer that finished first wins (its folder, with `marker`, is identical by construction: keep it); a
+    failed block leaves nothing under `dest`. For model folders that jobs build once and share (tiny models, the GGUF
+    conversion)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by the jobs of several users
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / marker).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:

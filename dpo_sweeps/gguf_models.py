@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from dpo_sweeps.cache_store import atomic_folder
 from dpo_sweeps.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -92,9 +90,7 @@ def convert(spec: str, dest: Path) -> Path:
 
     path = gguf_file(spec)
     log.info("Converting %s into %s (once; ~30 s on 2 cores)", path.name, dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    with atomic_folder(dest) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         # The weights are dequantized by now; transformers still marks the model as GGUF-quantized and refuses to
@@ -104,17 +100,7 @@ def convert(spec: str, dest: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared by the jobs of several users
         (tmp / "SOURCE").write_text(f"{spec}\n{path}\nsha256 {file_sha256(path)}\n")
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            # Another job finished the same conversion first: theirs is identical, keep it.
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -11,11 +11,10 @@ into a temp folder and rename it into place, so nobody reads half a model.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from dpo_sweeps.cache_store import atomic_folder
 from dpo_sweeps.paths import tiny_model_dir
 
 ARCHS = ("llama", "qwen2", "gemma")
@@ -141,9 +140,7 @@ def build(arch: str, dest: str | os.PathLike) -> Path:
     if arch not in ARCHS:
         raise ValueError(f"Unknown tiny architecture {arch!r}: choose one of {', '.join(ARCHS)}.")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    with atomic_folder(dest) as tmp:
         tokenizer = _train_tokenizer(arch)
         config = _model_config(arch, tokenizer)
         torch.manual_seed(0)
@@ -151,15 +148,6 @@ def build(arch: str, dest: str | os.PathLike) -> Path:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            # Another job finished the same build first: theirs is identical, keep it.
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -178,9 +166,7 @@ def build_reward_model(dest: str | os.PathLike) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    with atomic_folder(dest) as tmp:
         tokenizer = _train_tokenizer("llama")
         tokenizer.pad_token = "<|finetune_right_pad_id|>"
         config = _model_config("llama", tokenizer)
@@ -189,14 +175,6 @@ def build_reward_model(dest: str | os.PathLike) -> Path:
         torch.manual_seed(1)
         AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

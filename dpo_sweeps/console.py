@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 # Non-interactive progress lines: at each tenth of the run, and at least this often on a long one.
 PLAIN_LINE_FRACTION = 0.1
@@ -197,7 +197,7 @@ def data_lines(stats: dict, sizes: dict[str, int]) -> list[str]:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (what is wrong, which key/file/row, the fix)."""
-    from dpo_sweeps.validation import ConfigError
+    from dpo_sweeps.config.validation import ConfigError
 
     types: list[type[BaseException]] = [ConfigError]
     try:

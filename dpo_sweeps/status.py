@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dpo_sweeps import console, run_folder
+from dpo_sweeps import console
+from dpo_sweeps.runs import folder as run_folder
 
 PENDING, QUEUED, RUNNING, REQUEUED = "pending", "queued", run_folder.RUNNING, run_folder.REQUEUED
 COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, "cancelled"

@@ -15,6 +15,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_model_paths():
     """The three tiny models, built once per machine (deterministic) into the dpo_sweeps cache."""
-    from dpo_sweeps.tiny_models import ARCHS, ensure
+    from dpo_sweeps.models.tiny import ARCHS, ensure
 
     return {arch: ensure(arch) for arch in ARCHS}

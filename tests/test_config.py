@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dpo_sweeps.cli import CONF_DIR
-from dpo_sweeps.validation import ConfigError, find_problems, validate
+from dpo_sweeps.config.validation import ConfigError, find_problems, validate
 from tests.helpers import compose_config, run_cli
 
 GROUPS = ("model", "dataset", "lora", "quantization", "loss", "training", "logger")

@@ -55,7 +55,7 @@ def _state(step: int, max_steps: int = 1000):
 
 
 def test_a_log_file_gets_about_ten_progress_lines_per_run_not_one_per_step(tmp_path):
-    from dpo_sweeps.progress import RunProgress
+    from dpo_sweeps.train.progress import RunProgress
 
     stream = io.StringIO()
     cb = RunProgress(tmp_path, display=console.PlainDisplay("", stream=stream))
@@ -77,7 +77,7 @@ def test_a_log_file_gets_about_ten_progress_lines_per_run_not_one_per_step(tmp_p
 def test_the_terminal_display_is_one_redrawn_bar_with_step_loss_and_eta(tmp_path):
     from rich.console import Console
 
-    from dpo_sweeps.progress import RunProgress
+    from dpo_sweeps.train.progress import RunProgress
 
     buffer = io.StringIO()
     term = Console(file=buffer, force_terminal=True, width=120)

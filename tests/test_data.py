@@ -323,10 +323,10 @@ def test_gemma_system_turn_is_merged_or_named(tokenizers):
 
 
 def test_tokenizer_without_pad_token_gets_reserved_one_logged(caplog):
-    from dpo_sweeps.models import load_tokenizer
+    from dpo_sweeps.models.loading import load_tokenizer
 
     cfg = compose_config(["model=tiny_llama", "model.pad_token=null"])
-    with caplog.at_level(logging.INFO, logger="dpo_sweeps.models"):
+    with caplog.at_level(logging.INFO, logger="dpo_sweeps.models.loading"):
         tok = load_tokenizer(cfg)
     assert tok.pad_token == "<|finetune_right_pad_id|>" and tok.pad_token_id != tok.eos_token_id
     assert "has no pad token: padding with its reserved token '<|finetune_right_pad_id|>'" in caplog.text
@@ -335,12 +335,12 @@ def test_tokenizer_without_pad_token_gets_reserved_one_logged(caplog):
 def test_tokenizer_without_any_reserved_token_falls_back_to_eos_with_warning(tiny_model_paths, caplog):
     from transformers import AutoTokenizer
 
-    from dpo_sweeps.models import RESERVED_PAD_TOKENS, choose_pad_token
+    from dpo_sweeps.models.loading import RESERVED_PAD_TOKENS, choose_pad_token
 
     tok = AutoTokenizer.from_pretrained(tiny_model_paths["qwen2"])
     tok.pad_token = None
     assert not set(RESERVED_PAD_TOKENS) & set(tok.get_vocab())
-    with caplog.at_level(logging.WARNING, logger="dpo_sweeps.models"):
+    with caplog.at_level(logging.WARNING, logger="dpo_sweeps.models.loading"):
         assert choose_pad_token(tok, "tiny-qwen") == tok.eos_token
     assert "padding with the EOS token" in caplog.text
 

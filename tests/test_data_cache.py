@@ -249,8 +249,8 @@ def _train(overrides: list[str], run_dir: Path) -> tuple[dict, list[float], dict
     import torch
     from safetensors.torch import load_file
 
-    from dpo_sweeps import run_folder
-    from dpo_sweeps.train import run_training
+    from dpo_sweeps.runs import folder as run_folder
+    from dpo_sweeps.train.trainer import run_training
 
     run_dir.mkdir(parents=True)
     metrics = run_training(compose_config(overrides), run_dir)
@@ -319,7 +319,7 @@ def test_tokenizer_processes_follow_the_allocation(monkeypatch):
 
 
 def test_validation_names_bad_data_cache_settings():
-    from dpo_sweeps.validation import find_problems
+    from dpo_sweeps.config.validation import find_problems
 
     problems = find_problems(
         compose_config([*BASE, "data_cache.dir=''", "data_cache.lock_timeout_s=-1", "dataset.eval_max_rows=0"])

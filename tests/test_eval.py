@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.config.validation import find_problems
 from dpo_sweeps.eval.scorers.rules import contains, starts_with, toy_helpful
-from dpo_sweeps.validation import find_problems
+from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import TINY, compose_config, read_json, run_cli
 
 
@@ -60,7 +60,7 @@ def test_reward_model_scorer_scores_and_win_rate_match_a_recomputation(tmp_path)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from dpo_sweeps.tiny_models import ensure_reward_model
+    from dpo_sweeps.models.tiny import ensure_reward_model
 
     rm = ensure_reward_model()
     run_dir = tmp_path / "run"
@@ -99,7 +99,7 @@ def test_resumed_run_keeps_the_before_answers(tmp_path, tiny_model_paths):
     # A requeued job finds gen_before.json and reuses it: the "before" numbers are not lost or re-drawn.
     from dpo_sweeps.data import load_preference_data
     from dpo_sweeps.eval import GenerationEval
-    from dpo_sweeps.models import load_models
+    from dpo_sweeps.models.loading import load_models
 
     cfg = compose_config(["model=tiny_llama", *TINY, "eval.gen_prompts=3"])
     models = load_models(cfg)
@@ -119,7 +119,7 @@ def test_generation_leaves_the_training_rng_alone(tiny_model_paths):
 
     from dpo_sweeps.data import load_preference_data
     from dpo_sweeps.eval.generation import generate
-    from dpo_sweeps.models import load_models
+    from dpo_sweeps.models.loading import load_models
 
     cfg = compose_config(["model=tiny_qwen", *TINY])
     models = load_models(cfg)

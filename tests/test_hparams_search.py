@@ -8,7 +8,8 @@ import pytest
 import yaml
 from helpers import compose_config, read_json, run_cli, run_dirs
 
-from dpo_sweeps import run_folder, search
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import objective as search
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 

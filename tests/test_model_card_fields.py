@@ -6,8 +6,8 @@ import importlib.metadata
 
 from helpers import compose_config
 
-from dpo_sweeps import run_folder
-from dpo_sweeps.model_card import DPO_CITATION, TRL_CITATION, parse_front_matter, render_model_card
+from dpo_sweeps.report.model_card import DPO_CITATION, TRL_CITATION, parse_front_matter, render_model_card
+from dpo_sweeps.runs import folder as run_folder
 
 METRICS = {
     "initial_eval_rewards/accuracies": 0.5,

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dpo_sweeps.cli import CONF_DIR
-from dpo_sweeps.preflight import _PointComposer
+from dpo_sweeps.sweep.preflight import _PointComposer
 
 POINTS = [
     ["model=tiny_qwen", "beta=0.2", "lora=none", "training.learning_rate=1e-4"],

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from helpers import REPO, compose_config
 
-from dpo_sweeps import run_folder
-from dpo_sweeps.model_card import parse_front_matter, write_model_card
+from dpo_sweeps.report.model_card import parse_front_matter, write_model_card
+from dpo_sweeps.runs import folder as run_folder
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 PRESETS = {
@@ -83,7 +83,7 @@ def test_every_preset_starts_with_its_command():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_composes_with_its_seed_model(preset):
     cfg = compose_config([f"experiment={preset}", "dataset.path=/data/prefs.jsonl"])
-    from dpo_sweeps.validation import find_problems
+    from dpo_sweeps.config.validation import find_problems
 
     assert find_problems(cfg) == []
     for key, value in PRESETS[preset][2].items():
@@ -96,7 +96,7 @@ def test_preset_composes_with_its_seed_model(preset):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_trains_end_to_end_on_its_tiny_architecture(preset, tiny_model_paths, request, tmp_path):
-    from dpo_sweeps.train import run_training
+    from dpo_sweeps.train.trainer import run_training
 
     arch, data, _ = PRESETS[preset]
     model_dir = _model_folder(preset, tiny_model_paths, request)
@@ -126,14 +126,14 @@ def test_preset_trains_end_to_end_on_its_tiny_architecture(preset, tiny_model_pa
         # Loaded as the saved 4-bit checkpoint (bitsandbytes Linear4bit under the LoRA layers), not re-quantized.
         import bitsandbytes as bnb
 
-        from dpo_sweeps.models import load_models
+        from dpo_sweeps.models.loading import load_models
 
         policy = load_models(cfg).policy
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
     if preset == "gemma_fashion":
         # The batches were padded (rows of different lengths) and the system turn went into the user turn.
         from dpo_sweeps.data import load_preference_data
-        from dpo_sweeps.models import load_tokenizer
+        from dpo_sweeps.models.loading import load_tokenizer
 
         tok = load_tokenizer(cfg)
         data = load_preference_data(cfg, tok)

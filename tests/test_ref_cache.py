@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpo_sweeps import ref_cache
-from dpo_sweeps.ref_cache import COMPUTED, HIT, OFF, EntryStore
+from dpo_sweeps.train import ref_cache
+from dpo_sweeps.train.ref_cache import COMPUTED, HIT, OFF, EntryStore
 from tests.helpers import REPO, TINY, compose_config, read_json, run_cli, run_dirs
 
 BASE = ["model=tiny_qwen", *TINY]
@@ -148,8 +148,8 @@ def test_rows_digest_is_exact_on_token_ids_and_order():
 
 def _build_trainer(cfg, run_dir: Path, tokenizer_hook=None):
     """The trainer exactly as `train.run_training` builds it (to read the keys it uses)."""
-    from dpo_sweeps.models import load_models
-    from dpo_sweeps.train import build_trainer
+    from dpo_sweeps.models.loading import load_models
+    from dpo_sweeps.train.trainer import build_trainer
 
     models = load_models(cfg, load_reference=ref_cache.needs_reference_model(cfg))
     if tokenizer_hook:
@@ -217,7 +217,7 @@ def test_store_roundtrip_and_damaged_entries_are_recomputed(tmp_path):
 WORKER = r"""
 import json, os, sys, time
 import numpy as np
-from dpo_sweeps.ref_cache import EntryStore
+from dpo_sweeps.train.ref_cache import EntryStore
 root, key, marker, go = sys.argv[1:5]
 while not os.path.exists(go):
     time.sleep(0.002)
@@ -252,7 +252,7 @@ def test_concurrent_processes_compute_an_entry_once(tmp_path):
 
 CRASHING_WRITER = r"""
 import os, sys
-from dpo_sweeps.ref_cache import EntryStore
+from dpo_sweeps.train.ref_cache import EntryStore
 store = EntryStore(sys.argv[1], lock_timeout_s=60)
 key = sys.argv[2]
 assert store._try_lock(key)
@@ -296,8 +296,8 @@ def test_locks_of_other_hosts_are_waited_for_or_broken_when_silent(tmp_path):
 
 
 def _train(overrides: list[str], run_dir: Path) -> tuple[dict, list[float]]:
-    from dpo_sweeps import run_folder
-    from dpo_sweeps.train import run_training
+    from dpo_sweeps.runs import folder as run_folder
+    from dpo_sweeps.train.trainer import run_training
 
     run_dir.mkdir(parents=True)
     metrics = run_training(compose_config(overrides), run_dir)
@@ -382,7 +382,7 @@ def test_sweep_records_computed_then_hit(tiny_model_paths, tmp_path):
 
 
 def test_validation_names_bad_ref_cache_settings():
-    from dpo_sweeps.validation import find_problems
+    from dpo_sweeps.config.validation import find_problems
 
     problems = find_problems(compose_config([*BASE, "ref_cache.dir=''", "ref_cache.lock_timeout_s=-1"]))
     assert any(p.startswith("ref_cache.dir is empty") for p in problems)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps import run_folder
-from dpo_sweeps.report import EmptySweepError, write_sweep_report
+from dpo_sweeps.report.sweep_report import EmptySweepError, write_sweep_report
+from dpo_sweeps.runs import folder as run_folder
 
 REPO = Path(__file__).resolve().parent.parent
 BETAS = ["0.05", "0.1", "0.3"]
@@ -335,7 +335,7 @@ def test_stale_plots_are_removed(sweep):
 
 def test_import_is_light():
     code = (
-        "import sys, dpo_sweeps.report\n"
+        "import sys, dpo_sweeps.report.sweep_report\n"
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'matplotlib', 'pandas', 'hydra') if m in sys.modules]\n"
         "print(heavy)"
     )
@@ -345,7 +345,7 @@ def test_import_is_light():
 
 
 def test_value_helpers():
-    from dpo_sweeps.report import _number, _value_order, parse_overrides
+    from dpo_sweeps.report.sweep_report import _number, _value_order, parse_overrides
 
     assert sorted(["10", "none", "2", "0.5", "abc"], key=_value_order) == ["0.5", "2", "10", "abc", "none"]
     assert parse_overrides(["beta=0.1", "+lora.r=8", "~logger", "x=a=b"]) == {

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps import checkpoints, cluster, run_folder
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.train import checkpoints, cluster
 from tests.helpers import REPO, TINY, compose_config, read_json, run_cli
 
 POINT = ["model=tiny_qwen", *TINY]
@@ -72,7 +73,7 @@ def test_slurm_launcher_config_overrides_submitit_defaults_that_break_requeue():
 
 def test_fsdp_rules():
     cfg = compose_config(["model=tiny_qwen", *TINY, "lora=none", "training.fsdp=full_shard auto_wrap"])
-    from dpo_sweeps.validation import find_problems
+    from dpo_sweeps.config.validation import find_problems
 
     assert any("training.fsdp='full_shard auto_wrap' with training.use_cpu=true" in p for p in find_problems(cfg))
 

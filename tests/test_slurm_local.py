@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import REPO, TINY, read_json, run_cli, run_dirs
 from tests.slurm_support import SlurmCluster, submitit_executor
 

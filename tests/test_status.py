@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from dpo_sweeps import run_folder, status
+from dpo_sweeps import status
+from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import REPO
 
 NOW = float(int(time.time()))  # whole seconds, as status.json times are

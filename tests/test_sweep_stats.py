@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dpo_sweeps.sweep_stats import mean_ci95
+from dpo_sweeps.report.seeds import mean_ci95
 from tests.helpers import TINY, run_cli, run_dirs
 
 
@@ -63,7 +63,7 @@ def test_beta_by_seed_sweep_aggregates_seeds_and_draws_the_frontier(tmp_path):
     for point in run_dirs(sweep):
         if "seed=2" in point.name:
             (point / "status.json").rename(point / "status.moved.json")
-    from dpo_sweeps.report import write_sweep_report
+    from dpo_sweeps.report.sweep_report import write_sweep_report
 
     write_sweep_report(sweep)
     assert not (sweep / "summary_by_config.csv").exists()

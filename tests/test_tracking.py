@@ -12,7 +12,8 @@ import pytest
 from helpers import compose_config, read_json, run_cli, run_dirs
 from wandb_files import find_offline_runs, read_offline_run
 
-from dpo_sweeps import run_folder, tracking
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.tracking import wandb_run as tracking
 
 pytest.importorskip("wandb")
 

@@ -13,9 +13,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dpo_sweeps import run_folder
-from dpo_sweeps.model_card import parse_front_matter
-from dpo_sweeps.train import run_training
+from dpo_sweeps.report.model_card import parse_front_matter
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.train.trainer import run_training
 from tests.helpers import TINY, compose_config, read_json, run_cli, run_dirs
 
 ARCH_MODELS = {"llama": "tiny_llama", "qwen2": "tiny_qwen", "gemma": "tiny_gemma"}

@@ -74,7 +74,7 @@ def _median(values: list[float]) -> float:
 
 
 def bench_sweep(reps: int, work: Path) -> list[dict[str, Any]]:
-    from dpo_sweeps.train import run_training
+    from dpo_sweeps.train.trainer import run_training
 
     counter = _RefForwardCounter()
 
@@ -115,7 +115,7 @@ def bare_trl(run_dir: Path) -> tuple[float, float, int, list[float]]:
     from trl import DPOConfig, DPOTrainer
 
     from dpo_sweeps.data import load_preference_data
-    from dpo_sweeps.tiny_models import ensure
+    from dpo_sweeps.models.tiny import ensure
 
     started = time.perf_counter()
     torch.set_num_threads(1)
@@ -175,8 +175,8 @@ def bare_trl(run_dir: Path) -> tuple[float, float, int, list[float]]:
 
 
 def framework(run_dir: Path) -> tuple[float, float, int, list[float]]:
-    from dpo_sweeps import run_folder
-    from dpo_sweeps.train import run_training
+    from dpo_sweeps.runs import folder as run_folder
+    from dpo_sweeps.train.trainer import run_training
 
     started = time.perf_counter()
     # Same work as the bare script: no eval before training, no sample completions; the reference on the fly, as TRL
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from dpo_sweeps.config_schema import register_schemas
+    from dpo_sweeps.config.schema import register_schemas
     from dpo_sweeps.paths import register_path_resolvers
 
     register_schemas()

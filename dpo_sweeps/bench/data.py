@@ -94,7 +94,7 @@ def _point_trl(data: Path, work: Path, beta: float) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from dpo_sweeps.tiny_models import ensure
+    from dpo_sweeps.models.tiny import ensure
 
     torch.set_num_threads(1)
     prep = 0.0
@@ -149,10 +149,10 @@ def _point_trl(data: Path, work: Path, beta: float) -> dict[str, Any]:
 
 
 def _point_ours(data: Path, work: Path, beta: float) -> dict[str, Any]:
-    from dpo_sweeps import train
     from dpo_sweeps.bench.cpu import _compose
-    from dpo_sweeps.config_schema import register_schemas
+    from dpo_sweeps.config.schema import register_schemas
     from dpo_sweeps.paths import register_path_resolvers
+    from dpo_sweeps.train import trainer as train
 
     register_schemas()
     register_path_resolvers()

@@ -65,7 +65,7 @@ def build_model(dest: Path) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from dpo_sweeps.tiny_models import ensure
+    from dpo_sweeps.models.tiny import ensure
 
     tokenizer = AutoTokenizer.from_pretrained(ensure("qwen2"))
     config = Qwen2Config(

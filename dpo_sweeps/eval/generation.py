@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from dpo_sweeps import run_folder
 from dpo_sweeps.eval import samples
 from dpo_sweeps.eval.scorers import build_scorer
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 

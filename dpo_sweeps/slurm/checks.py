@@ -7,7 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dpo_sweeps import naming, run_folder
+from dpo_sweeps.config import naming
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import plan, site
 
 

@@ -42,7 +42,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import plan, site
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class SweepSlurmLauncher(SlurmLauncher):
         self._pickled_once = cloudpickle.dumps(self)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from dpo_sweeps import preflight
+        from dpo_sweeps.sweep import preflight
 
         checked = {tuple(p["overrides"]) for p in preflight.checked_points()}
         # This launcher (pickled into every job) keeps the real loader: jobs compose their own config as before.
@@ -144,8 +144,8 @@ class SweepSlurmLauncher(SlurmLauncher):
         return executor._executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from dpo_sweeps import preflight
         from dpo_sweeps.slurm import watch
+        from dpo_sweeps.sweep import preflight
 
         assert self.config is not None
         tic = time.perf_counter()

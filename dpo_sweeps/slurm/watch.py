@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import site
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _details(job_id: str) -> dict[str, str]:
 def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
     """What the sweeper gets for a point without a result: NaN for Hydra's basic sweeper (which aborts the whole sweep
     on an exception, see job.py), an exception for the Optuna sweeper (a failed trial)."""
-    from dpo_sweeps import search
+    from dpo_sweeps.search import objective as search
 
     if search.sweeper_takes_exceptions():
         return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=search.TrialFailed(error))

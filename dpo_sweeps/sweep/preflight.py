@@ -28,8 +28,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dpo_sweeps import run_folder
-from dpo_sweeps.validation import ConfigError, find_problems
+from dpo_sweeps.config.validation import ConfigError, find_problems
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def hub_commit(repo_id: str, revision: str | None, cache_dir: str | None = None)
 
 
 def weights_identity(cfg: DictConfig) -> dict[str, Any]:
-    from dpo_sweeps.models import model_path
+    from dpo_sweeps.models.loading import model_path
 
     path = model_path(cfg)
     if os.path.isdir(path):
@@ -121,8 +121,8 @@ def reference_identity(cfg: DictConfig) -> dict[str, Any]:
     """Everything besides the data rows that decides the reference log-probs (see the module docstring)."""
     import trl
 
-    from dpo_sweeps.models import resolve_dtype
-    from dpo_sweeps.train import _precision_flags
+    from dpo_sweeps.models.loading import resolve_dtype
+    from dpo_sweeps.train.precision import precision_flags
 
     dtype = resolve_dtype(cfg.model.dtype, cfg)
     q = cfg.quantization
@@ -137,7 +137,7 @@ def reference_identity(cfg: DictConfig) -> dict[str, Any]:
         "dtype": str(dtype),
         "quantization": quant,
         "attn_implementation": cfg.model.attn_implementation,
-        "autocast": _precision_flags(cfg, dtype),
+        "autocast": precision_flags(cfg, dtype),
         "max_length": cfg.dataset.max_length,
         "truncation_mode": cfg.dataset.truncation_side,
         "ld_alpha": cfg.loss.ld_alpha,
@@ -260,7 +260,7 @@ class RefCacheInfo:
 
 
 def enabled(cfg: DictConfig) -> bool:
-    from dpo_sweeps.validation import reference_needed
+    from dpo_sweeps.config.validation import reference_needed
 
     return bool(cfg.ref_cache.enabled) and reference_needed(cfg)
 

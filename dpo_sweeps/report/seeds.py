@@ -20,7 +20,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps.report import Point, _csv_value, _finite, _fmt, _label, _md_cell, _safe_filename, _value_order
+from dpo_sweeps.report.sweep_report import (
+    Point,
+    _csv_value,
+    _finite,
+    _fmt,
+    _label,
+    _md_cell,
+    _safe_filename,
+    _value_order,
+)
 
 BY_CONFIG_CSV = "summary_by_config.csv"
 FRONTIER_PNG = "reward_kl_frontier.png"
@@ -174,7 +183,7 @@ def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -
 
 def plot_means_vs_param(plt, plots_dir: Path, points: list[Point], swept: list[str], metric: str) -> list[dict]:
     """Headline metrics against each numeric swept parameter, mean over seeds with 95% error bars."""
-    from dpo_sweeps.report import is_numeric_param
+    from dpo_sweeps.report.sweep_report import is_numeric_param
 
     entries = []
     if not seeds_swept(swept):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 DEFAULT_METRIC = "eval_rewards/accuracies"
 DEFAULT_MODE = "max"
@@ -500,7 +500,7 @@ def write_plots(plots_dir: Path, points: list[Point], metric: str) -> tuple[list
             figures.append(entry)
             written.append(plots_dir / entry["file"])
 
-    from dpo_sweeps import sweep_stats
+    from dpo_sweeps.report import seeds as sweep_stats
 
     for entry in [
         _plot_curves(plt, plots_dir, points, swept),
@@ -653,7 +653,7 @@ def write_sweep_report(
     markdown = markdown_report(sweep_dir, points, metric, mode, plot_paths)
     by_config_path = _write_seed_aggregation(sweep_dir, points, metric)
     if by_config_path:
-        from dpo_sweeps import sweep_stats
+        from dpo_sweeps.report import seeds as sweep_stats
 
         swept, _ = swept_params(points)
         markdown += sweep_stats.markdown_section(sweep_stats.aggregate(points, swept, metric), metric)
@@ -674,7 +674,7 @@ def write_sweep_report(
 
 def _write_seed_aggregation(sweep_dir: Path, points: list[Point], metric: str) -> Path | None:
     """summary_by_config.csv when the sweep varies `seed` (see sweep_stats.py); a stale one is removed otherwise."""
-    from dpo_sweeps import sweep_stats
+    from dpo_sweeps.report import seeds as sweep_stats
 
     path = sweep_dir / sweep_stats.BY_CONFIG_CSV
     swept, _ = swept_params(points)

@@ -10,7 +10,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dpo_sweeps import naming, run_folder
+from dpo_sweeps.config import naming
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folde
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per point of the sweep: its folder, state, error. Uses sweep_points.json (this invocation's points,
     written by the sweeper), else every folder with a status.json."""
-    from dpo_sweeps.preflight import load_points
+    from dpo_sweeps.sweep.preflight import load_points
 
     points = load_points(sweep_dir)
     dirs = (
@@ -60,7 +61,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
-        from dpo_sweeps.preflight import preflight
+        from dpo_sweeps.sweep.preflight import preflight
 
         preflight(config)
         # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
@@ -85,7 +86,7 @@ class SweepSummary(Callback):
         print(format_summary(rows), flush=True)
 
         try:
-            from dpo_sweeps.report import write_sweep_report
+            from dpo_sweeps.report.sweep_report import write_sweep_report
 
             report = write_sweep_report(sweep_dir)
             print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
@@ -94,7 +95,7 @@ class SweepSummary(Callback):
             report = None
         if report is not None and config.logger.backend == "wandb":
             try:
-                from dpo_sweeps.tracking import log_sweep_summary
+                from dpo_sweeps.tracking.wandb_run import log_sweep_summary
 
                 log_sweep_summary(config, sweep_dir, report.csv)
             except Exception as exc:  # W&B trouble must not fail a finished sweep either

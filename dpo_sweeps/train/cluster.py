@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def current_guard() -> PreemptionGuard | None:
 
 def training_callbacks(save_total_limit: int | None) -> list:
     """Callbacks `train.run_training` adds to the Trainer: checkpoint commit + rotation, preemption at step ends."""
-    from dpo_sweeps.checkpoints import CheckpointCommit, PreemptionCallback
+    from dpo_sweeps.train.checkpoints import CheckpointCommit, PreemptionCallback
 
     callbacks: list = [CheckpointCommit(save_total_limit)]
     if _GUARD is not None:

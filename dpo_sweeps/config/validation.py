@@ -60,7 +60,7 @@ def _check_model(cfg: DictConfig, problems: list[str]) -> None:
     if m.tiny_arch is not None:
         _one_of(problems, "model.tiny_arch", m.tiny_arch, ("llama", "qwen2", "gemma"))
     if m.gguf is not None:
-        from dpo_sweeps.gguf_models import missing_packages
+        from dpo_sweeps.models.gguf import missing_packages
 
         try:
             missing = missing_packages(m.gguf)

@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def job_type(cfg: DictConfig) -> str:
 
 
 def run_identity(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> RunIdentity:
-    from dpo_sweeps.model_card import framework_versions
+    from dpo_sweeps.report.model_card import framework_versions
 
     run_dir = Path(run_dir)
     multirun, overrides, choices = _hydra_context()

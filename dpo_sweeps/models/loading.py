@@ -42,11 +42,11 @@ def resolve_dtype(name: str, cfg: DictConfig) -> torch.dtype:
 def model_path(cfg: DictConfig) -> str:
     """The folder or hub id to load; tiny models are built, GGUF files converted, here on first use."""
     if cfg.model.tiny_arch:
-        from dpo_sweeps.tiny_models import ensure
+        from dpo_sweeps.models.tiny import ensure
 
         return str(ensure(cfg.model.tiny_arch))
     if cfg.model.gguf:
-        from dpo_sweeps import gguf_models
+        from dpo_sweeps.models import gguf as gguf_models
 
         return str(gguf_models.ensure(cfg.model.gguf))
     return cfg.model.name_or_path

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 FRAMEWORKS = ("dpo_sweeps", "trl", "transformers", "peft", "torch", "datasets", "tokenizers", "bitsandbytes")
 DPO_CITATION = """@inproceedings{rafailov2023direct,
@@ -63,7 +63,7 @@ def schema_defaults() -> dict[str, Any]:
     """The value each `hyperparameters()` key takes with no override at all (the dataclass schema's defaults)."""
     from omegaconf import OmegaConf
 
-    from dpo_sweeps.config_schema import (
+    from dpo_sweeps.config.schema import (
         DatasetConfig,
         DpoSweepsConfig,
         LoggerConfig,

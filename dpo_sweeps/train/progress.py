@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from dpo_sweeps import console, run_folder
+from dpo_sweeps import console
+from dpo_sweeps.runs import folder as run_folder
 
 
 class RunProgress(TrainerCallback):

@@ -17,9 +17,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from dpo_sweeps import checkpoints, cluster, console, progress, run_folder, tracking
+from dpo_sweeps import console
 from dpo_sweeps.data import load_preference_data
-from dpo_sweeps.models import LoadedModels, load_models, resolve_dtype, uses_gpu
+from dpo_sweeps.models.loading import LoadedModels, load_models, resolve_dtype
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.tracking import wandb_run as tracking
+from dpo_sweeps.train import checkpoints, cluster, progress
+from dpo_sweeps.train.precision import precision_flags
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,6 @@ class NonFiniteLossGuard(TrainerCallback):
                 f"Training loss became {loss} at step {state.global_step}. Lower training.learning_rate, check the "
                 "data for empty completions, or use a more stable precision (training.precision=bf16/fp32)."
             )
-
-
-def _precision_flags(cfg: DictConfig, dtype: torch.dtype) -> dict[str, bool]:
-    p = cfg.training.precision
-    if p == "auto":
-        p = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if uses_gpu(cfg) else "fp32"
-    return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
 def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: Any):
@@ -118,7 +115,7 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         "data_seed": cfg.seed,
         "report_to": [],
         "disable_tqdm": True,
-        **_precision_flags(cfg, dtype),
+        **precision_flags(cfg, dtype),
     }
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
@@ -170,7 +167,7 @@ def build_trainer(
 ) -> BuiltTrainer:
     """The DPO trainer of a run, with the reference cache wired in when the loss uses one. `models` lets a caller
     load (and adjust) the models itself; by default they are loaded from `cfg`."""
-    from dpo_sweeps import ref_cache
+    from dpo_sweeps.train import ref_cache
 
     trainer_cls, ref_info, ref_args = ref_cache.prepare(cfg)
     if models is None:

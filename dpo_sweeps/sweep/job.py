@@ -18,8 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpo_sweeps import cluster, console, run_folder, search, tracking
-from dpo_sweeps.validation import validate
+from dpo_sweeps import console
+from dpo_sweeps.config.validation import validate
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import objective as search
+from dpo_sweeps.tracking import wandb_run as tracking
+from dpo_sweeps.train import cluster
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +95,12 @@ def run_sweep_point(cfg: DictConfig) -> float:
         validate(cfg)
         if cluster.is_main_process():
             run_folder.write_text_atomic(run_dir / run_folder.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-        from dpo_sweeps.train import run_training
+        from dpo_sweeps.train.trainer import run_training
 
         metrics = run_training(cfg, run_dir)
         if cluster.is_main_process():
             run_folder.write_json_atomic(run_dir / run_folder.METRICS_FILE, metrics)
-            from dpo_sweeps.model_card import write_model_card
+            from dpo_sweeps.report.model_card import write_model_card
 
             write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
     except Exception as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from dpo_sweeps import run_folder
+from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 

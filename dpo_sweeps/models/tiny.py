@@ -5,7 +5,7 @@ tokens of its family, including the quirks the real models have (Llama: no pad t
 attention). Builds are deterministic (fixed seeds) and cached under `paths.cache_dir()`; concurrent sweep jobs build
 into a temp folder and rename it into place, so nobody reads half a model.
 
-    python -m dpo_sweeps.tiny_models            # build all three, print their folders
+    python -m dpo_sweeps.models.tiny            # build all three, print their folders
 """
 
 from __future__ import annotations

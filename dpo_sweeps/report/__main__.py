@@ -1,0 +1,3 @@
+from dpo_sweeps.report.sweep_report import main
+
+raise SystemExit(main())

@@ -345,7 +345,9 @@ def test_import_is_light():
 
 
 def test_value_helpers():
-    from dpo_sweeps.report.sweep_report import _number, _value_order, parse_overrides
+    from dpo_sweeps.report.points import value_order as _value_order
+    from dpo_sweeps.runs.reading import number as _number
+    from dpo_sweeps.runs.reading import parse_overrides
 
     assert sorted(["10", "none", "2", "0.5", "abc"], key=_value_order) == ["0.5", "2", "10", "abc", "none"]
     assert parse_overrides(["beta=0.1", "+lora.r=8", "~logger", "x=a=b"]) == {

@@ -1,6 +1,6 @@
 """What the sweep report says across points: the reward-KL frontier and seeds aggregated into configurations.
 
-Called from `report.py` (summary.csv, summary.md, plots/); stdlib and matplotlib only, like the report.
+Called from `sweep_report.py` and `plots.py` (summary.csv, summary.md, plots/); stdlib and matplotlib only, like the report.
 
     plots/reward_kl_frontier.png  generation score and win rate against gen/kl_to_ref, one point per sweep point
                                   (and, when seeds are swept, one per configuration: mean with 95% intervals both ways)
@@ -20,16 +20,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps.report.sweep_report import (
-    Point,
-    _csv_value,
-    _finite,
-    _fmt,
-    _label,
-    _md_cell,
-    _safe_filename,
-    _value_order,
+from dpo_sweeps.report.points import (
+    csv_value,
+    fmt,
+    is_numeric_param,
+    md_cell,
+    point_label,
+    safe_filename,
+    value_order,
 )
+from dpo_sweeps.runs.reading import RunRecord, finite
 
 BY_CONFIG_CSV = "summary_by_config.csv"
 FRONTIER_PNG = "reward_kl_frontier.png"
@@ -56,7 +56,7 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 def mean_ci95(values: list[float]) -> tuple[float | None, float | None]:
     """(mean, 95% half-width of the mean); the half-width is None below two values."""
-    values = [v for v in values if _finite(v)]
+    values = [v for v in values if finite(v)]
     if not values:
         return None, None
     mean = sum(values) / len(values)
@@ -71,12 +71,12 @@ def seeds_swept(swept: list[str]) -> bool:
     return SEED_KEY in swept
 
 
-def group_by_config(points: list[Point], swept: list[str]) -> dict[str, list[Point]]:
+def group_by_config(points: list[RunRecord], swept: list[str]) -> dict[str, list[RunRecord]]:
     """Points with the same overrides except the seed, in the report's order of their first point."""
     keys = [k for k in swept if k != SEED_KEY]
-    groups: dict[str, list[Point]] = {}
-    for p in sorted(points, key=lambda p: [_value_order(p.overrides.get(k, "")) for k in keys]):
-        groups.setdefault(_label(p, keys) if keys else "all points", []).append(p)
+    groups: dict[str, list[RunRecord]] = {}
+    for p in sorted(points, key=lambda p: [value_order(p.overrides.get(k, "")) for k in keys]):
+        groups.setdefault(point_label(p, keys) if keys else "all points", []).append(p)
     return groups
 
 
@@ -84,16 +84,16 @@ def headline_metrics(metric: str) -> list[str]:
     return list(HEADLINE_METRICS) + ([metric] if metric not in HEADLINE_METRICS else [])
 
 
-def aggregate(points: list[Point], swept: list[str], metric: str) -> list[dict[str, Any]]:
+def aggregate(points: list[RunRecord], swept: list[str], metric: str) -> list[dict[str, Any]]:
     """One row per configuration: its swept values, n (points with the objective metric), seeds, mean and ci95."""
     keys = [k for k in swept if k != SEED_KEY]
     rows = []
     for label, group in group_by_config(points, swept).items():
         row: dict[str, Any] = {"config": label, **{k: group[0].overrides.get(k, "") for k in keys}}
-        row["n"] = sum(_finite(p.value(metric)) for p in group)
-        row["seeds"] = " ".join(sorted((p.overrides.get(SEED_KEY, "") for p in group), key=_value_order))
+        row["n"] = sum(finite(p.value(metric)) for p in group)
+        row["seeds"] = " ".join(sorted((p.overrides.get(SEED_KEY, "") for p in group), key=value_order))
         for key in headline_metrics(metric):
-            mean, ci = mean_ci95([p.value(key) for p in group if _finite(p.value(key))])
+            mean, ci = mean_ci95([p.value(key) for p in group if finite(p.value(key))])
             row[f"{key}_mean"], row[f"{key}_ci95"] = mean, ci
         rows.append(row)
     return rows
@@ -105,7 +105,7 @@ def write_by_config(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows([{k: _csv_value(v) for k, v in row.items()} for row in rows])
+        writer.writerows([{k: csv_value(v) for k, v in row.items()} for row in rows])
     tmp.replace(path)
 
 
@@ -126,21 +126,21 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
         cells = [r["config"], str(r["n"]), r["seeds"]]
         for m in shown:
             mean, ci = r.get(f"{m}_mean"), r.get(f"{m}_ci95")
-            cells.append(_fmt(mean) + (f" ± {_fmt(ci, 2)}" if ci is not None else ""))
-        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+            cells.append(fmt(mean) + (f" ± {fmt(ci, 2)}" if ci is not None else ""))
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -> dict[str, Any] | None:
+def plot_frontier(plt, plots_dir: Path, points: list[RunRecord], swept: list[str]) -> dict[str, Any] | None:
     """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary.
     None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
     if not any(k.startswith("gen/") for p in points for k in p.metrics):
         return None
     entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": KL_KEY, "panels": []}
-    have = [p for p in points if _finite(p.value(KL_KEY)) and any(_finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
+    have = [p for p in points if finite(p.value(KL_KEY)) and any(finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
     if not have:
         entry["skipped"] = f"no point has {KL_KEY} and a generation score (is a scorer configured? see gen/score_note)"
         return entry
@@ -150,19 +150,19 @@ def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -
     fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(6 * len(FRONTIER_PANELS), 4.5), squeeze=False)
     for ax, (key, title) in zip(axes[0], FRONTIER_PANELS, strict=True):
         panel: dict[str, Any] = {"y": key, "points": [], "configs": []}
-        xy = [(p.value(KL_KEY), p.value(key), p) for p in have if _finite(p.value(key))]
+        xy = [(p.value(KL_KEY), p.value(key), p) for p in have if finite(p.value(key))]
         ax.scatter(
             [x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45 if with_seeds else 0.9, label="sweep points"
         )
         for x, y, p in xy:
             if not with_seeds:
                 ax.annotate(
-                    _label(p, label_keys), (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
+                    point_label(p, label_keys), (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
                 )
             panel["points"].append({"point": p.name, "x": x, "y": y})
         for label, group in groups.items():
-            mx, cx = mean_ci95([p.value(KL_KEY) for p in group if _finite(p.value(key))])
-            my, cy = mean_ci95([p.value(key) for p in group if _finite(p.value(key))])
+            mx, cx = mean_ci95([p.value(KL_KEY) for p in group if finite(p.value(key))])
+            my, cy = mean_ci95([p.value(key) for p in group if finite(p.value(key))])
             if mx is None or my is None:
                 continue
             ax.errorbar(mx, my, xerr=cx or 0, yerr=cy or 0, fmt="s", capsize=3, label=f"{label} (mean, 95%)")
@@ -181,17 +181,15 @@ def plot_frontier(plt, plots_dir: Path, points: list[Point], swept: list[str]) -
     return entry
 
 
-def plot_means_vs_param(plt, plots_dir: Path, points: list[Point], swept: list[str], metric: str) -> list[dict]:
+def plot_means_vs_param(plt, plots_dir: Path, points: list[RunRecord], swept: list[str], metric: str) -> list[dict]:
     """Headline metrics against each numeric swept parameter, mean over seeds with 95% error bars."""
-    from dpo_sweeps.report.sweep_report import is_numeric_param
-
     entries = []
     if not seeds_swept(swept):
         return entries
     rows_by_config = group_by_config(points, swept)
-    panels = [m for m in headline_metrics(metric) if any(_finite(p.value(m)) for p in points)][:6]
+    panels = [m for m in headline_metrics(metric) if any(finite(p.value(m)) for p in points)][:6]
     for param in [k for k in swept if k != SEED_KEY]:
-        filename = f"metrics_by_{_safe_filename(param)}_mean.png"
+        filename = f"metrics_by_{safe_filename(param)}_mean.png"
         entry: dict[str, Any] = {"file": filename, "kind": "mean_vs_param", "x": param, "panels": []}
         if not panels or not is_numeric_param(points, param):
             entry["skipped"] = "no finished metrics" if not panels else f"{param} is not numeric"
@@ -205,7 +203,7 @@ def plot_means_vs_param(plt, plots_dir: Path, points: list[Point], swept: list[s
                 mean, ci = mean_ci95([p.value(key) for p in group])
                 if mean is None:
                     continue
-                series.setdefault(_label(group[0], others) if others else "mean over seeds", []).append(
+                series.setdefault(point_label(group[0], others) if others else "mean over seeds", []).append(
                     (float(group[0].overrides[param]), mean, ci or 0.0)
                 )
             panel = {"y": key, "series": []}

@@ -1,0 +1,173 @@
+"""The sweep report's figures: final metrics against each swept parameter, the loss and margin curves of every point,
+and (from `seeds`) the reward-KL frontier and seed means; plots/plots.json says what each figure shows.
+
+matplotlib is imported inside `write_plots` only: the rest of the report runs without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dpo_sweeps.report import seeds
+from dpo_sweeps.report.points import (
+    CURVE_PANELS,
+    CURVES_PNG,
+    PLOTS_MANIFEST,
+    VS_PANELS,
+    is_numeric_param,
+    point_label,
+    safe_filename,
+    swept_params,
+    value_order,
+)
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.runs.reading import RunRecord, finite, number
+
+
+def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[list[Path], dict[str, Any]]:
+    """Draw every figure, write plots/plots.json, return (png paths, manifest). A figure without data is not drawn
+    (the manifest lists it under `skipped` with the reason)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous_plots(plots_dir)
+    swept, _ = swept_params(points)
+    figures: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    written: list[Path] = []
+    vs_panels = list(VS_PANELS)
+    if metric not in dict(vs_panels):
+        vs_panels.append((metric, metric))
+
+    for param in swept:
+        numeric = is_numeric_param(points, param)
+        others = [k for k in swept if k != param]
+        entry = _plot_vs_param(plt, plots_dir, points, param, others, numeric, vs_panels)
+        if entry.get("skipped"):
+            skipped.append({"file": entry["file"], "reason": entry["skipped"]})
+        else:
+            figures.append(entry)
+            written.append(plots_dir / entry["file"])
+
+    for entry in [
+        _plot_curves(plt, plots_dir, points, swept),
+        seeds.plot_frontier(plt, plots_dir, points, swept),
+        *seeds.plot_means_vs_param(plt, plots_dir, points, swept, metric),
+    ]:
+        if entry is None:
+            continue
+        if entry.get("skipped"):
+            skipped.append({"file": entry["file"], "reason": entry["skipped"]})
+        else:
+            figures.append(entry)
+            written.append(plots_dir / entry["file"])
+
+    manifest = {"figures": figures, "skipped": skipped}
+    run_folder.write_json_atomic(plots_dir / PLOTS_MANIFEST, manifest)
+    return written, manifest
+
+
+def _remove_previous_plots(plots_dir: Path) -> None:
+    """A re-run with other points must not leave figures of parameters that are no longer swept."""
+    try:
+        old = json.loads((plots_dir / PLOTS_MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    for fig in old.get("figures", []):
+        name = Path(str(fig.get("file", ""))).name
+        if name.endswith(".png"):
+            (plots_dir / name).unlink(missing_ok=True)
+
+
+def _plot_vs_param(plt, plots_dir, points, param, others, numeric, panels) -> dict[str, Any]:
+    filename = f"metric_vs_{safe_filename(param)}.png"
+    entry: dict[str, Any] = {
+        "file": filename,
+        "kind": "metric_vs_param",
+        "x": param,
+        "x_kind": "numeric" if numeric else "categorical",
+        "panels": [],
+    }
+    have = [p for p in points if param in p.overrides and any(finite(p.value(k)) for k, _ in panels)]
+    if not have:
+        entry["skipped"] = "no point with final metrics"
+        return entry
+    categories = sorted({p.overrides[param] for p in have}, key=value_order) if not numeric else []
+    x_of = (lambda p: float(p.overrides[param])) if numeric else (lambda p: categories.index(p.overrides[param]))
+    groups: dict[str, list[RunRecord]] = {}
+    for p in sorted(have, key=lambda p: [value_order(p.overrides.get(k, "")) for k in others]):
+        groups.setdefault(point_label(p, others) if others else "all points", []).append(p)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        panel = {"y": key, "series": []}
+        for label, group in groups.items():
+            xy = sorted((x_of(p), p.value(key)) for p in group if finite(p.value(key)))
+            if not xy:
+                continue
+            # Categories have no order: dashed lines only guide the eye between the points of one series.
+            style = "-" if numeric else "--"
+            ax.plot([x for x, _ in xy], [y for _, y in xy], style, marker="o", label=label)
+            panel["series"].append({"label": label, "n_points": len(xy)})
+        ax.set_title(title)
+        ax.set_xlabel(param)
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3)
+        if numeric:
+            xs = [x_of(p) for p in have]
+            if min(xs) > 0 and max(xs) / min(xs) >= 20:
+                ax.set_xscale("log")
+        else:
+            ax.set_xticks(range(len(categories)), categories)
+        if panel["series"] and (others or len(panel["series"]) > 1):
+            ax.legend(fontsize="small")
+        entry["panels"].append(panel)
+    fig.suptitle(f"final eval metrics vs {param}")
+    fig.tight_layout()
+    fig.savefig(plots_dir / filename, dpi=100)
+    plt.close(fig)
+    return entry
+
+
+def _plot_curves(plt, plots_dir, points, swept) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": CURVES_PNG, "kind": "curves", "x": "step", "panels": []}
+    if not any(p.history for p in points):
+        entry["skipped"] = "no point has a metrics.jsonl history"
+        return entry
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    colors = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
+    handles: dict[str, Any] = {}
+    for ax, (key, title) in zip(axes.flat, CURVE_PANELS, strict=True):
+        panel = {"y": key, "series": []}
+        for i, p in enumerate(points):
+            xy = [(r["step"], number(r.get(key))) for r in p.history if "step" in r and number(r.get(key)) is not None]
+            if not xy:
+                continue
+            xy.sort()
+            label = point_label(p, swept)
+            (line,) = ax.plot(
+                [x for x, _ in xy],
+                [y for _, y in xy],
+                color=colors(i % colors.N),
+                marker="o" if len(xy) <= 20 else None,
+                markersize=3,
+                label=label,
+            )
+            handles.setdefault(label, line)
+            panel["series"].append({"label": label, "n_points": len(xy)})
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if not panel["series"]:
+            ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
+        entry["panels"].append(panel)
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(plots_dir / CURVES_PNG, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return entry

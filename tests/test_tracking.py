@@ -13,6 +13,7 @@ from helpers import compose_config, read_json, run_cli, run_dirs
 from wandb_files import find_offline_runs, read_offline_run
 
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.tracking import identity
 from dpo_sweeps.tracking import wandb_run as tracking
 
 pytest.importorskip("wandb")
@@ -41,7 +42,7 @@ def _cli_env(wandb_dir: Path, **extra: str) -> dict:
 
 def test_identity_config_is_resolved_with_versions_and_commit(tmp_path):
     cfg = compose_config([*TINY_WANDB, "quantization=nf4", "logger.tags=[ablation]"])
-    ident = tracking.run_identity(cfg, tmp_path / "beta=0.1", run_id="abc12345")
+    ident = identity.run_identity(cfg, tmp_path / "beta=0.1", run_id="abc12345")
     text = json.dumps(ident.config)
     assert "${" not in text
     assert ident.config["beta"] == 0.1 and ident.config["training"]["max_steps"] == 40
@@ -50,18 +51,18 @@ def test_identity_config_is_resolved_with_versions_and_commit(tmp_path):
     assert ident.job_type == "dpo-qlora" and "ablation" in ident.tags
     # Outside a Hydra job a run is its own group.
     assert ident.group == "beta=0.1" and ident.run_id == "abc12345"
-    assert tracking.job_type(compose_config([*TINY_WANDB, "lora=none"])) == "dpo-full"
+    assert identity.job_type(compose_config([*TINY_WANDB, "lora=none"])) == "dpo-full"
 
 
 def test_git_commit_outside_a_repository_is_empty(tmp_path):
-    assert tracking.git_commit(tmp_path) == {}
+    assert identity.git_commit(tmp_path) == {}
 
 
 def test_run_id_is_created_once_and_kept_in_the_run_folder(tmp_path):
-    first = tracking.stable_run_id(tmp_path)
-    assert (tmp_path / tracking.RUN_ID_FILE).read_text().strip() == first
-    assert tracking.stable_run_id(tmp_path) == first
-    assert tracking.stable_run_id(tmp_path / "other") != first
+    first = identity.stable_run_id(tmp_path)
+    assert (tmp_path / identity.RUN_ID_FILE).read_text().strip() == first
+    assert identity.stable_run_id(tmp_path) == first
+    assert identity.stable_run_id(tmp_path / "other") != first
 
 
 def test_mode_follows_config_env_and_api_key(wandb_env, monkeypatch):
@@ -78,7 +79,7 @@ def test_only_rank_zero_talks_to_wandb(wandb_env, monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "1")
     tracker = tracking.start(compose_config(TINY_WANDB), tmp_path / "run")
     assert tracker.mode == "off" and tracker.run is None
-    assert not (tmp_path / "run" / tracking.RUN_ID_FILE).exists()
+    assert not (tmp_path / "run" / identity.RUN_ID_FILE).exists()
     assert find_offline_runs(wandb_env) == []
 
 
@@ -101,7 +102,7 @@ def test_unreachable_server_falls_back_to_offline_quickly(wandb_env, monkeypatch
     # wandb.init alone retries for ~13 s against a refused port; the reachability probe answers at once.
     assert elapsed < 10, elapsed
     run = read_offline_run(tracker.sync_dir)
-    assert run.run_id == (tmp_path / "run" / tracking.RUN_ID_FILE).read_text().strip()
+    assert run.run_id == (tmp_path / "run" / identity.RUN_ID_FILE).read_text().strip()
     assert run.series("train/loss") == [(0, 0.5)] and run.summary["eval_rewards/accuracies"] == 0.75
 
 
@@ -149,11 +150,11 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
     assert len(runs) == 2
     # The sweep report's table, as one more run of the group (its id kept in the sweep folder).
     (summary,) = [r for r in all_runs if r.job_type == "sweep-summary"]
-    assert summary.group == sweep_dir.name and summary.run_id == (sweep_dir / tracking.RUN_ID_FILE).read_text().strip()
+    assert summary.group == sweep_dir.name and summary.run_id == (sweep_dir / identity.RUN_ID_FILE).read_text().strip()
     assert summary.summary["sweep_summary/nrows"] == 2 and summary.summary["points"] == 2
     for point in points:
         metrics = read_json(point / run_folder.METRICS_FILE)
-        run_id = (point / tracking.RUN_ID_FILE).read_text().strip()
+        run_id = (point / identity.RUN_ID_FILE).read_text().strip()
         assert metrics["tracking"]["run_id"] == run_id and metrics["tracking"]["mode"] == "offline"
         run = runs[run_id]
         assert run.group == sweep_dir.name and run.name == point.name
@@ -178,7 +179,7 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
 
     # A SLURM requeue: the point is not completed, so it runs again from its last checkpoint, same W&B run id.
     requeued = points[0]
-    run_id = (requeued / tracking.RUN_ID_FILE).read_text().strip()
+    run_id = (requeued / identity.RUN_ID_FILE).read_text().strip()
     run_folder.update_status(requeued, state=run_folder.REQUEUED)
     run_cli(args, env=_cli_env(wandb_dir, WANDB_MODE="offline"))
     assert read_json(requeued / run_folder.STATUS_FILE)["state"] == run_folder.COMPLETED

@@ -19,45 +19,23 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
-import string
-import subprocess
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.tracking.identity import RunIdentity, global_rank, run_identity
 
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "wandb_run_id"
-DEFAULT_PROJECT = "dpo_sweeps"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
-TAG_GROUPS = ("model", "dataset", "loss", "lora", "quantization", "experiment", "training")
-# W&B rejects tags longer than 64 characters.
-MAX_TAG_CHARS = 64
 # wandb's own end-of-run upload wait is unbounded by default; a dead network must not hold a GPU job hostage.
 FINISH_TIMEOUT_S = 120
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class RunIdentity:
-    """Who this run is on the dashboard; computed without wandb so it can be tested and shown on its own."""
-
-    run_id: str
-    project: str
-    entity: str | None
-    group: str
-    name: str
-    job_type: str
-    tags: list[str]
-    config: dict[str, Any]
 
 
 @dataclass
@@ -133,7 +111,7 @@ class Tracker:
             _ACTIVE = None
 
 
-# The tracker of the sweep point running in this process, so that a failure path can close it (job.py).
+# The tracker of the sweep point running in this process, so that a failure path can close it (sweep/job.py).
 _ACTIVE: Tracker | None = None
 
 
@@ -146,96 +124,6 @@ def _wandb_key(key: str) -> str:
     if key.startswith("gen/"):  # the generation eval's section (dpo_sweeps/eval/)
         return key
     return "train/" + key
-
-
-def global_rank() -> int:
-    """torch.distributed's RANK (set by torchrun and by our SLURM glue); 0 outside distributed runs."""
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def stable_run_id(run_dir: Path) -> str:
-    """The W&B run id of this sweep point: read from the run folder, or created and stored there on first use."""
-    path = Path(run_dir) / RUN_ID_FILE
-    if path.exists():
-        stored = path.read_text().strip()
-        if stored:
-            return stored
-    alphabet = string.ascii_lowercase + string.digits
-    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
-    run_folder.write_text_atomic(path, run_id + "\n")
-    return run_id
-
-
-def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """The commit of the code that ran (and whether it had local changes); {} outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"git_commit": commit, "git_dirty": bool(dirty)}
-
-
-def _hydra_context() -> tuple[bool, list[str], dict[str, Any]]:
-    """(multirun?, task overrides, group choices) of the running Hydra job; empty outside Hydra (direct calls)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return False, [], {}
-    hc = HydraConfig.get()
-    choices = {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")}
-    return hc.mode == RunMode.MULTIRUN, list(hc.overrides.task), choices
-
-
-def job_type(cfg: DictConfig) -> str:
-    if not cfg.lora.enabled:
-        return "dpo-full"
-    quantized = cfg.quantization.mode != "none" or cfg.model.prequantized
-    return "dpo-qlora" if quantized else "dpo-lora"
-
-
-def run_identity(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> RunIdentity:
-    from dpo_sweeps.report.model_card import framework_versions
-
-    run_dir = Path(run_dir)
-    multirun, overrides, choices = _hydra_context()
-    if cfg.name:
-        group = str(cfg.name)
-    elif multirun:
-        group = run_dir.parent.name
-    else:
-        group = run_dir.name
-    tags = [f"{g}:{choices[g]}"[:MAX_TAG_CHARS] for g in TAG_GROUPS if choices.get(g) not in (None, "null")]
-    tags += [str(t)[:MAX_TAG_CHARS] for t in cfg.logger.tags]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["run"] = {
-        "overrides": overrides,
-        "choices": choices,
-        "run_dir": str(run_dir),
-        "versions": framework_versions(),
-        **git_commit(),
-        **({"slurm": run_folder.slurm_ids()} if run_folder.slurm_ids() else {}),
-    }
-    return RunIdentity(
-        run_id=run_id or stable_run_id(run_dir),
-        project=cfg.logger.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-        entity=cfg.logger.entity or os.environ.get("WANDB_ENTITY") or None,
-        group=group,
-        # The run folder's name: the point's overrides that vary across its sweep (all of them for a single run).
-        name=run_dir.name,
-        job_type=job_type(cfg),
-        tags=list(dict.fromkeys(tags)),
-        config=config,
-    )
 
 
 def _base_url() -> str:
@@ -325,7 +213,7 @@ def _sync_dir(run) -> str | None:
     return str(path) if path else None
 
 
-def _open(identity: RunIdentity, mode: str, folder: Path, timeout_s: float) -> Tracker:
+def open_run(identity: RunIdentity, mode: str, folder: Path, timeout_s: float) -> Tracker:
     """Open `identity`'s run: online if asked and reachable within `timeout_s`, else offline, else off; each fallback
     logged. Offline files go into `folder` unless WANDB_DIR says otherwise."""
     wandb_dir = None if os.environ.get("WANDB_DIR") else str(folder)
@@ -365,41 +253,6 @@ def _open(identity: RunIdentity, mode: str, folder: Path, timeout_s: float) -> T
     return tracker
 
 
-def log_sweep_summary(config: DictConfig, sweep_dir: Path, summary_csv: Path) -> Tracker | None:
-    """End of a multirun with logger=wandb: the sweep report's table as one more run of the sweep's group (job type
-    `sweep-summary`), so the dashboard shows every point of the sweep, failed ones included, in one table. Its id is
-    kept in the sweep folder, so a rerun of the sweep updates the same summary run."""
-    import csv
-
-    if config.logger.backend != "wandb" or global_rank() != 0:
-        return None
-    mode = requested_mode(config)
-    if mode == "disabled":
-        return None
-    with open(summary_csv, newline="") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        return None
-    identity = RunIdentity(
-        run_id=stable_run_id(sweep_dir),
-        project=config.logger.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-        entity=config.logger.entity or os.environ.get("WANDB_ENTITY") or None,
-        group=str(config.name) if config.get("name") else sweep_dir.name,
-        name="sweep-summary",
-        job_type="sweep-summary",
-        tags=["sweep-summary"],
-        config={"sweep_dir": str(sweep_dir), "overrides": list(config.hydra.overrides.task), **git_commit()},
-    )
-    tracker = _open(identity, mode, sweep_dir, float(config.logger.init_timeout_s))
-    if tracker.run is not None:
-        import wandb
-
-        table = wandb.Table(columns=rows[0], data=rows[1:])
-        tracker._guard("sweep summary log", tracker.run.log, {"sweep_summary": table})
-        tracker.finish({"points": len(rows) - 1})
-    return tracker
-
-
 def start(cfg: DictConfig, run_dir: Path) -> Tracker:
     """Start this sweep point's W&B run (rank 0 only); always returns a Tracker, whose mode may be "off"."""
     global _ACTIVE
@@ -413,7 +266,7 @@ def start(cfg: DictConfig, run_dir: Path) -> Tracker:
         return Tracker(mode="off")
     identity = run_identity(cfg, run_dir)
     # Offline files go into the run folder unless WANDB_DIR says otherwise: the run folder stays self-contained.
-    tracker = _open(identity, mode, run_dir, float(cfg.logger.init_timeout_s))
+    tracker = open_run(identity, mode, run_dir, float(cfg.logger.init_timeout_s))
     if tracker.run is None:
         log.warning("Metrics are in %s", Path(run_dir) / run_folder.HISTORY_FILE)
         return tracker
@@ -435,7 +288,7 @@ def _teardown() -> None:
 
 
 def finish_active(exit_code: int = 1) -> None:
-    """Close this process's W&B run, if one is open, after a failure outside the trainer (job.py's except path)."""
+    """Close this process's W&B run, if one is open, after a failure outside the trainer (sweep/job.py's except path)."""
     if _ACTIVE is not None:
         _ACTIVE.finish(exit_code=exit_code)
 

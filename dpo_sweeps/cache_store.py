@@ -1,6 +1,6 @@
 """A folder of cache entries shared by the jobs of a sweep: atomic entries, one writer per entry, stale locks broken.
 
-Used by the reference log-prob cache (`ref_cache.py`, one `.npz` file per entry) and the prepared-data cache
+Used by the reference log-prob cache (`train/ref_cache.py`, one `.npz` file per entry) and the prepared-data cache
 (`data/cache.py`, one folder of Arrow files per entry). What an entry holds is the user's business; this module
 owns the discipline that makes sharing safe:
 

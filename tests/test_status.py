@@ -34,7 +34,7 @@ def _point(sweep: Path, name: str, state: str | None, progress: dict | None = No
 def _sweep(tmp_path: Path, names: list[str]) -> Path:
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    # As preflight.py writes it: paths relative to where the sweep was started, not to where status runs.
+    # As sweep/preflight.py writes it: paths relative to where the sweep was started, not to where status runs.
     points = [{"overrides": [n], "run_dir": f"outputs/sweeps/sweep/{n}", "state": None, "skip": False} for n in names]
     run_folder.write_json_atomic(sweep / "sweep_points.json", points)
     return sweep

@@ -1,4 +1,4 @@
-"""The sweep report across points: the reward-KL frontier and seeds aggregated (dpo_sweeps/sweep_stats.py)."""
+"""The sweep report across points: the reward-KL frontier and seeds aggregated (dpo_sweeps/report/seeds.py)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ class ModelConfig:
     # Architecture of a tiny random-initialised model to materialise locally (llama, qwen2, gemma); null for real ones.
     tiny_arch: str | None = None
     # A GGUF file shipped inside an installed Python package, "<package>:<file>": converted once into an HF folder
-    # in the dpo_sweeps cache (dpo_sweeps/gguf_models.py) and loaded from there. null = load name_or_path.
+    # in the dpo_sweeps cache (dpo_sweeps/models/gguf.py) and loaded from there. null = load name_or_path.
     gguf: str | None = None
     revision: str | None = None
     # auto = bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU.

@@ -1,6 +1,6 @@
 """Range checks and cross-group rules, all in one place, all reported at once.
 
-The dataclass schemas (`config_schema.py`) reject unknown keys and wrong types while Hydra composes, except keys added
+The dataclass schemas (`schema.py`) reject unknown keys and wrong types while Hydra composes, except keys added
 with `+` (checked here, `_check_unknown_keys`). This module checks what a type cannot say: ranges, allowed values, and
 rules that span groups (quantization needs LoRA, a pre-quantized model takes no extra quantization, ...). Every message names the key, the value and the fix.
 Never "fixes" a user's setting silently. Imports nothing heavy: it runs before any job is submitted.

@@ -2,7 +2,7 @@
 
 Metrics say that DPO moved the rewards; reading a few completions says what it changed. The answers are the
 generation eval's (`generation.py`: fixed seed, so the same run gives the same samples; the reference's are the
-policy's before training). Written to samples.jsonl in the run folder and logged as a W&B table (see tracking.py).
+policy's before training). Written to samples.jsonl in the run folder and logged as a W&B table (see tracking/wandb_run.py).
 Imported inside the job only (torch).
 """
 

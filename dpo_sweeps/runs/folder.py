@@ -30,7 +30,7 @@ HISTORY_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SAMPLES_FILE = "samples.jsonl"
 PROGRESS_FILE = "progress.json"
-# In the sweep folder: the points of the last invocation, in launch order (written by preflight.py).
+# In the sweep folder: the points of the last invocation, in launch order (written by sweep/preflight.py).
 SWEEP_POINTS_FILE = "sweep_points.json"
 MODEL_CARD_FILE = "README.md"
 

@@ -1,4 +1,4 @@
-"""The SLURM side of the pre-launch check (called from preflight.py for `hydra/launcher=slurm`): refuse a sweep the
+"""The SLURM side of the pre-launch check (called from sweep/preflight.py for `hydra/launcher=slurm`): refuse a sweep the
 site's job limits cannot take before its points are composed, and show the split into arrays for dry_run=true."""
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ def _to_submit(config: DictConfig, all_points: list[list[str]]) -> int:
 
 
 def refuse_if_too_large(config: DictConfig, all_points: list[list[str]]) -> None:
-    from dpo_sweeps.slurm.launcher import read_limits_or_exit
-
     try:
-        plan.check_fits(_to_submit(config, all_points), read_limits_or_exit(), total_points=len(all_points))
+        plan.check_fits(_to_submit(config, all_points), site.read_limits_or_exit(), total_points=len(all_points))
     except plan.SweepTooLargeError as err:
         raise SystemExit(f"Error: {err}") from None
 

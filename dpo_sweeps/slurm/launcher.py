@@ -4,9 +4,9 @@ in arrays that fit the site, and to come back with a result for every point even
 What changes against the stock launcher (submitit still writes the pickles and batch scripts, and the job side,
 `BaseSubmititLauncher.__call__` + `checkpoint`, is inherited unchanged, so requeue and resume work as before):
 - No second composition at submission. Hydra's basic sweeper composes every job again before launching
-  (`validate_batch_is_legal`, ~0.17 s a point: 3.5 min for 1200). `preflight.check_sweep` has already composed and
-  validated every point, once per distinct set of group choices; the sweeper is handed a config loader that skips the
-  points preflight checked (`_PrecheckedLoader`). The job itself still composes its config from its overrides, exactly
+  (`validate_batch_is_legal`, ~0.17 s a point: 3.5 min for 1200). The pre-launch check (`dpo_sweeps.sweep.preflight`)
+  has already composed and validated every point, once per distinct set of group choices, and hands them over
+  (`handoff.py`); the sweeper is handed a config loader that skips the points it checked (`_PrecheckedLoader`). The job itself still composes its config from its overrides, exactly
   as with the stock launcher.
 - Completed points are skipped at submission (their status.json says completed and rerun=false): a rerun of a
   1200-point sweep with 1000 completed submits 200 array tasks. Each submitted point keeps its job number.
@@ -43,7 +43,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import plan, site
+from dpo_sweeps.slurm import handoff, plan, site, watch
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,13 @@ class SweepSlurmLauncher(SlurmLauncher):
         self.__dict__.pop("_pickled_once", None)
         self._pickled_once = cloudpickle.dumps(self)
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from dpo_sweeps.sweep import preflight
+    def __getstate__(self) -> dict[str, Any]:
+        # The handoff belongs to the submitting process (see handoff.py): the jobs get the launcher without it.
+        return {k: v for k, v in self.__dict__.items() if k not in ("handoff", "_pickled_once")}
 
-        checked = {tuple(p["overrides"]) for p in preflight.checked_points()}
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.handoff = handoff.find(hydra_context.callbacks)
+        checked = {tuple(p["overrides"]) for p in self.handoff.points}
         # This launcher (pickled into every job) keeps the real loader: jobs compose their own config as before.
         super().setup(
             hydra_context=HydraContext(config_loader=hydra_context.config_loader, callbacks=hydra_context.callbacks),
@@ -144,12 +147,10 @@ class SweepSlurmLauncher(SlurmLauncher):
         return executor._executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from dpo_sweeps.slurm import watch
-        from dpo_sweeps.sweep import preflight
-
         assert self.config is not None
         tic = time.perf_counter()
-        known = {tuple(p["overrides"]): p for p in preflight.checked_points()}
+        checked = getattr(self, "handoff", None) or handoff.CheckedSweep()
+        known = {tuple(p["overrides"]): p for p in checked.points}
         entries = []  # (job number, overrides, preflight's point or None)
         returns: dict[int, JobReturn] = {}
         for i, overrides in enumerate(job_overrides):
@@ -169,7 +170,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             return [returns[i] for i in range(len(job_overrides))]
 
         t_limits = time.perf_counter()
-        limits = read_limits_or_exit()
+        limits = site.read_limits_or_exit()
         t_limits = time.perf_counter() - t_limits
         parallelism = int(self.params.get("array_parallelism") or 1)
         try:
@@ -186,8 +187,8 @@ class SweepSlurmLauncher(SlurmLauncher):
             len(entries),
             len(plans),
             _ids(jobs),
-            preflight.last_check_seconds() + time.perf_counter() - tic,
-            preflight.last_check_seconds(),
+            checked.seconds + time.perf_counter() - tic,
+            checked.seconds,
             timing["limits"] + timing["pickles"],
             timing["limits"],
             timing["pickles"],
@@ -195,7 +196,9 @@ class SweepSlurmLauncher(SlurmLauncher):
             len(returns),
         )
         _record_job_ids(sweep_dir, entries, jobs)
-        collected = watch.collect(jobs, [e[2] for e in entries], [e[1] for e in entries])
+        collected = watch.collect(
+            jobs, [e[2] for e in entries], [e[1] for e in entries], on_task_states=checked.on_task_states
+        )
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
         return [returns[i] for i in range(len(job_overrides))]
@@ -309,16 +312,3 @@ def _record_job_ids(sweep_dir: Path, entries: list, jobs: list) -> None:
         if point is not None:
             point["slurm_job_id"] = job.job_id
     run_folder.write_json_atomic(sweep_dir / run_folder.SWEEP_POINTS_FILE, points)
-
-
-def read_limits_or_exit() -> site.SiteLimits:
-    try:
-        limits = site.read_limits()
-    except site.SlurmCommandError as exc:
-        raise SystemExit(
-            f"Error: cannot read the SLURM cluster's configuration: {exc}. Nothing was submitted. Check that SLURM's "
-            "client commands work here (`sinfo`; SLURM_CONF for a non-default cluster)."
-        ) from None
-    for note in limits.notes:
-        log.warning("SLURM limits: %s", note)
-    return limits

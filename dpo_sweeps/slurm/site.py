@@ -146,3 +146,16 @@ def read_limits() -> SiteLimits:
         except SlurmCommandError as exc:  # accounting configured but slurmdbd unreachable: sbatch will say more
             limits.notes.append(f"per-user limits not read: {exc}")
     return limits
+
+
+def read_limits_or_exit() -> SiteLimits:
+    try:
+        limits = read_limits()
+    except SlurmCommandError as exc:
+        raise SystemExit(
+            f"Error: cannot read the SLURM cluster's configuration: {exc}. Nothing was submitted. Check that SLURM's "
+            "client commands work here (`sinfo`; SLURM_CONF for a non-default cluster)."
+        ) from None
+    for note in limits.notes:
+        log.warning("SLURM limits: %s", note)
+    return limits

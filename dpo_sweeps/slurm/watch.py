@@ -3,7 +3,7 @@
 submitit learns that a task ended from its result pickle (or from sacct, which the local cluster lacks): a task
 killed outright (scancel without a signal, out of memory, node failure) writes none, and the stock launcher's
 `job.results()` waits forever. Here every poll asks `squeue` for the states of all the sweep's tasks at once (one
-command, whatever the size); a task that has been in a final state for `GRACE_S` without a result file is recorded
+command, whatever the size, through `client.py`, whose state map `status` shares); a task that has been in a final state for `GRACE_S` without a result file is recorded
 as failed in its point's status.json with SLURM's state, reason and exit code (`scontrol show job`, or `sacct` once
 slurmctld has forgotten the task and accounting exists), and the other points go on. Requeued tasks (PENDING again)
 are not final. If the controller cannot be reached for `LOST_CONTACT_S`, the remaining points are marked failed too:
@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import site
+from dpo_sweeps.search import objective as search
+from dpo_sweeps.slurm import client
 
 log = logging.getLogger(__name__)
 
@@ -30,74 +31,12 @@ POLL_S = 2.0
 # submitit itself waits 15 s for it.
 GRACE_S = 20.0
 LOST_CONTACT_S = 600.0
-# States after which a task will not run again by itself.
-FINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "REVOKED",
-        "SPECIAL_EXIT",
-    }
-)
-GONE = "GONE"  # slurmctld no longer knows the task (purged after MinJobAge) and sacct cannot tell
-
-
-def _states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """{task id: (state, reason)} for the tasks slurmctld knows, from one squeue call over their array jobs."""
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = site.run("squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r")
-    except site.SlurmCommandError as exc:
-        if "Invalid job id" in str(exc):  # every one of them purged already
-            return {}
-        raise
-    states = {}
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            states[parts[0]] = (parts[1].split()[0], parts[2])
-    return states
-
-
-def _details(job_id: str) -> dict[str, str]:
-    """State, reason and exit code of one task: scontrol while slurmctld holds it, else sacct (accounting)."""
-    try:
-        out = site.run("scontrol", "show", "job", "-o", job_id)
-        info = {}
-        for token in shlex.split(out.splitlines()[0]) if out.strip() else []:
-            key, sep, value = token.partition("=")
-            if sep:
-                info[key] = value
-        if info:
-            return {
-                "state": info.get("JobState", "?"),
-                "reason": info.get("Reason", ""),
-                "exit_code": info.get("ExitCode", ""),
-            }
-    except site.SlurmCommandError:
-        pass
-    try:
-        out = site.run("sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,Reason,ExitCode")
-        line = out.strip().splitlines()[0] if out.strip() else ""
-        state, reason, exit_code = ([*line.split("|"), "", ""])[:3]
-        if state:
-            return {"state": state.split()[0], "reason": reason, "exit_code": exit_code}
-    except site.SlurmCommandError:
-        pass
-    return {"state": GONE, "reason": "", "exit_code": ""}
+GONE = client.GONE
 
 
 def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
     """What the sweeper gets for a point without a result: NaN for Hydra's basic sweeper (which aborts the whole sweep
-    on an exception, see job.py), an exception for the Optuna sweeper (a failed trial)."""
-    from dpo_sweeps.search import objective as search
-
+    on an exception, see sweep/job.py), an exception for the Optuna sweeper (a failed trial)."""
     if search.sweeper_takes_exceptions():
         return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=search.TrialFailed(error))
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
@@ -150,8 +89,14 @@ def _result(job: Any, point: dict | None, overrides: list[str]) -> JobReturn:
         return _failed_return(overrides, error)
 
 
-def collect(jobs: list, points: list[dict | None], overrides: list[list[str]]) -> list[JobReturn]:
-    """One JobReturn per job, in order, once every task has a result or is known dead (see the module doc)."""
+def collect(
+    jobs: list,
+    points: list[dict | None],
+    overrides: list[list[str]],
+    on_task_states: Callable[[dict[str, tuple[str, str]]], None] | None = None,
+) -> list[JobReturn]:
+    """One JobReturn per job, in order, once every task has a result or is known dead (see the module doc). Each
+    poll's states also go to `on_task_states` (the submitting console's lines), so no other poller is needed."""
     results: list[JobReturn | None] = [None] * len(jobs)
     pending = set(range(len(jobs)))
     final_since: dict[int, float] = {}
@@ -165,9 +110,9 @@ def collect(jobs: list, points: list[dict | None], overrides: list[list[str]]) -
             break
         now = time.monotonic()
         try:
-            states = _states([jobs[i].job_id for i in pending])
+            states = client.queue_states([jobs[i].job_id for i in pending])
             unreachable_since = None
-        except site.SlurmCommandError as exc:
+        except client.SlurmCommandError as exc:
             unreachable_since = unreachable_since or now
             if now - unreachable_since < LOST_CONTACT_S:
                 log.warning("Cannot read task states (retrying for up to %.0f s): %s", LOST_CONTACT_S, exc)
@@ -184,14 +129,16 @@ def collect(jobs: list, points: list[dict | None], overrides: list[list[str]]) -
             break
         for i in sorted(pending):
             state = states.get(jobs[i].job_id, (GONE, ""))[0]
-            if state in FINAL_STATES or state == GONE:
+            if client.is_final(state) or state == GONE:
                 final_since.setdefault(i, now)
                 if now - final_since[i] >= GRACE_S and not jobs[i].paths.result_pickle.exists():
-                    error = mark_dead(jobs[i].job_id, points[i], overrides[i], _details(jobs[i].job_id))
+                    error = mark_dead(jobs[i].job_id, points[i], overrides[i], client.task_details(jobs[i].job_id))
                     results[i] = _failed_return(overrides[i], error)
                     pending.discard(i)
             else:
                 final_since.pop(i, None)  # requeued: running again
+        if on_task_states is not None:
+            on_task_states(states)
         if pending:
             time.sleep(POLL_S)
     return [r for r in results if r is not None]

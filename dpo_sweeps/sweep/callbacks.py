@@ -11,13 +11,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dpo_sweeps.config import naming
+from dpo_sweeps.console import quiet_submitter
+from dpo_sweeps.report.sweep_report import write_sweep_report
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.runs import reading
+from dpo_sweeps.slurm.handoff import CheckedSweep
+from dpo_sweeps.sweep.preflight import preflight
+from dpo_sweeps.sweep.watcher import SweepWatcher
+from dpo_sweeps.tracking.sweep_summary import log_sweep_summary
 
 log = logging.getLogger(__name__)
-
-# The submitting process's SweepWatcher (status.py), if any. Not an attribute of the callback: submitit pickles the
-# launcher with Hydra's callbacks for every job, and a thread does not pickle.
-_watcher = None
 
 # Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
 ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
@@ -25,19 +28,14 @@ ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folde
 
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per point of the sweep: its folder, state, error. Uses sweep_points.json (this invocation's points,
-    written by the sweeper), else every folder with a status.json."""
-    from dpo_sweeps.sweep.preflight import load_points
-
-    points = load_points(sweep_dir)
-    dirs = (
-        [Path(p["run_dir"]) for p in points]
-        if points is not None
-        else sorted(p.parent for p in Path(sweep_dir).glob("*/" + run_folder.STATUS_FILE))
-    )
+    written by the pre-launch check), else every folder with a status.json."""
     rows = []
-    for d in dirs:
-        status = run_folder.read_status(d) or {}
-        rows.append({"run_dir": str(d), "state": status.get("state", "missing"), "error": status.get("error")})
+    for d in reading.point_dirs(sweep_dir):
+        if not (d / run_folder.STATUS_FILE).exists():
+            rows.append({"run_dir": str(d), "state": "missing", "error": None})
+            continue
+        run = reading.read_run(d, history=False)
+        rows.append({"run_dir": str(d), "state": run.status.get("state", "missing"), "error": run.error or None})
     return rows
 
 
@@ -58,36 +56,47 @@ class SweepSummary(Callback):
     completed/failed/requeued points with their folders, write the sweep report, and exit non-zero if any point did
     not complete (so a CI step or a `&&` chain notices)."""
 
+    def __init__(self) -> None:
+        # The submitting process's state: the pre-launch check's result, which the SLURM launcher finds here
+        # (slurm/handoff.py), and the console watcher. Neither travels into the jobs (see __getstate__).
+        self.handoff: CheckedSweep | None = None
+        self.watcher: SweepWatcher | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # submitit pickles the launcher, with Hydra's callbacks, into every job: a thread does not pickle, and the
+        # point list of a big sweep would be copied into every job's pickle.
+        return {**self.__dict__, "handoff": None, "watcher": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
-        from dpo_sweeps.sweep.preflight import preflight
-
-        preflight(config)
+        self.handoff = preflight(config)
         # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
         # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
-        # its own (job.py).
-        if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
-            from dpo_sweeps.console import quiet_submitter
-            from dpo_sweeps.status import SweepWatcher
-
+        # its own (sweep/job.py).
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if not target.endswith("BasicLauncher"):
             quiet_submitter()
-            global _watcher
-            _watcher = SweepWatcher(Path(str(config.hydra.sweep.dir))).start()
+            # Our SLURM launcher polls squeue anyway and hands each answer over; a SLURM launcher of another make
+            # leaves the asking to the watcher; a local one has no SLURM to ask.
+            ours = target.startswith("hydra_plugins.dpo_sweeps_launcher")
+            self.watcher = SweepWatcher(
+                Path(str(config.hydra.sweep.dir)), fed=ours, query_slurm=not ours and "Slurm" in target
+            ).start()
+            if ours:
+                self.handoff.on_task_states = self.watcher.feed
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("dry_run"):
             return
-        if _watcher is not None:
-            _watcher.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         # Relative to where the command started, which is the current directory here (hydra.job.chdir=false).
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect(sweep_dir)
         print(format_summary(rows), flush=True)
 
         try:
-            from dpo_sweeps.report.sweep_report import write_sweep_report
-
             report = write_sweep_report(sweep_dir)
             print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
         except Exception as exc:  # a broken report must not hide the summary or change the exit status
@@ -95,8 +104,6 @@ class SweepSummary(Callback):
             report = None
         if report is not None and config.logger.backend == "wandb":
             try:
-                from dpo_sweeps.tracking.wandb_run import log_sweep_summary
-
                 log_sweep_summary(config, sweep_dir, report.csv)
             except Exception as exc:  # W&B trouble must not fail a finished sweep either
                 log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)

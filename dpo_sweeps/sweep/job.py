@@ -116,7 +116,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         message = None if multirun else console.user_error_message(exc, run_dir)
         if message:  # the user's config or data: the problem list is the whole story, a traceback only hides it
             raise SystemExit(message) from None
-        # Optuna's sweeper records a raising job as a failed trial; NaN would end the search (see search.py).
+        # Optuna's sweeper records a raising job as a failed trial; NaN would end the search (see search/objective.py).
         if not multirun or search.sweeper_takes_exceptions():
             raise
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)

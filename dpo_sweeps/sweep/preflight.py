@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_sweeps.config.validation import ConfigError, find_problems
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.slurm.handoff import CheckedSweep
 
 log = logging.getLogger(__name__)
 
@@ -156,32 +157,20 @@ class _PointComposer:
         return cfg
 
 
-# This process's last check (the points and how long it took): our SLURM launcher submits from it instead of
-# composing every point again (dpo_sweeps/slurm/launcher.py).
-_LAST_CHECK: dict[str, Any] = {"points": [], "seconds": 0.0}
-
-
-def checked_points() -> list[dict]:
-    return _LAST_CHECK["points"]
-
-
-def last_check_seconds() -> float:
-    return _LAST_CHECK["seconds"]
-
-
 def _uses_our_slurm_launcher(config: DictConfig) -> bool:
     return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher")
 
 
-def check_sweep(config: DictConfig) -> list[dict]:
-    """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points."""
+def check_sweep(config: DictConfig) -> CheckedSweep:
+    """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points and
+    what the check cost, for the launcher (our SLURM launcher submits from them instead of composing every point
+    again, see `dpo_sweeps/slurm/handoff.py`)."""
     loader = GlobalHydra.instance().config_loader()
-    _LAST_CHECK.update(points=[], seconds=0.0)
     if not _uses_basic_sweeper(config):
         problems = find_problems(config)
         if problems:
             raise SweepValidationError([(["<base config>"], problems)], 1)
-        return []
+        return CheckedSweep()
     tic = time.perf_counter()
     points, bad = [], []
     all_points = expand(config, loader)
@@ -211,17 +200,18 @@ def check_sweep(config: DictConfig) -> list[dict]:
     )
     if bad:
         raise SweepValidationError(bad, len(all_points))
-    _LAST_CHECK.update(points=points, seconds=time.perf_counter() - tic)
-    return points
+    return CheckedSweep(points=points, seconds=time.perf_counter() - tic)
 
 
-def preflight(config: DictConfig) -> None:
-    """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points."""
+def preflight(config: DictConfig) -> CheckedSweep:
+    """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points and return
+    them for the launcher."""
     try:
-        points = check_sweep(config)
+        checked = check_sweep(config)
     except SweepValidationError as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
+    points = checked.points
     # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
     from dpo_sweeps.slurm.resources import cluster_problems
 
@@ -239,10 +229,7 @@ def preflight(config: DictConfig) -> None:
     if misfits:
         lines = "\n".join(f"  - {p}" for p in misfits)
         raise SystemExit(f"Error: the launcher does not fit the cluster; nothing was submitted:\n{lines}")
-    if points:
+    if checked.points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        run_folder.write_json_atomic(sweep_dir / POINTS_FILE, points)
-
-
-def load_points(sweep_dir: Path) -> list[dict] | None:
-    return run_folder.read_sweep_points(sweep_dir)
+        run_folder.write_json_atomic(sweep_dir / POINTS_FILE, checked.points)
+    return checked

@@ -1,6 +1,6 @@
 """One DPO training run with TRL's DPOTrainer: build, evaluate before, train, evaluate after, save.
 
-Imported inside the job only. Writes into the run folder (see `run_folder.py`): metrics.jsonl as training logs,
+Imported inside the job only. Writes into the run folder (see `runs/folder.py`): metrics.jsonl as training logs,
 checkpoints under checkpoints/, the adapter or model, metrics.json, the model card.
 """
 

@@ -1,3 +1,9 @@
 """Submitting sweeps to SLURM: what the nodes offer against what a profile asks for (`resources`, the pre-launch
-sinfo check), the site's limits (`site`), the split into arrays (`plan`), the launcher (`launcher`) and the collection
-of results, dead tasks included (`watch`). Import-light: no submitit at import."""
+sinfo check), the site's limits (`site`), the split into arrays (`plan`), the pre-launch check's SLURM side
+(`checks`), what that check hands the launcher (`handoff`), the launcher (`launcher`), the one client for squeue /
+sacct / scontrol with the one map from SLURM states to a point's (`client`), and the wait for results, dead tasks
+included (`watch`).
+
+Import-light: no submitit at import. May import `runs`, `search` and `config` (folder names); the sweep stage and
+`status` import it, never the other way round.
+"""

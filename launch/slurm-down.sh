@@ -90,7 +90,7 @@ other_slurm_daemons() {
         pid="${f#/proc/}"
         pid="${pid%/cmdline}"
         case "$({ tr '\0' ' ' <"$f"; } 2>/dev/null || true)" in
-        slurmctld* | slurmd* | slurmdbd* | */slurmctld* | */slurmd* | */slurmdbd*) echo "$pid" ;;
+        slurmctld* | slurmd* | */slurmctld* | */slurmd*) echo "$pid" ;; # slurmd* also matches slurmdbd
         esac
     done
 }

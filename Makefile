@@ -8,6 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" elsewhere.
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Nodes of the local SLURM cluster `make slurm-up` starts: 1 (node localhost) or N >= 2 (n1..nN, network namespaces).
+NODES ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit search-demo slurm-up slurm-down slurm-demo clean
@@ -60,8 +62,8 @@ search-demo: install ## A 3-trial Optuna search over beta and learning rate on t
 	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \
 		hydra.sweeper.n_trials=3 'training.learning_rate=tag(log, interval(1e-3, 1e-2))'
 
-slurm-up: ## Start the one-node SLURM cluster on localhost (root; installs slurm-wlm + munge if missing)
-	bash launch/slurm-up.sh
+slurm-up: ## Start the local SLURM cluster: one node; NODES=2 for two in network namespaces (root; installs slurm)
+	bash launch/slurm-up.sh --nodes $(NODES)
 
 slurm-down: ## Stop the local SLURM cluster
 	bash launch/slurm-down.sh

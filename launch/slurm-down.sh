@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make slurm-down      (= bash launch/slurm-down.sh; works from any directory)
 #
-# Stops the local cluster that launch/slurm-up.sh started, in reverse order: cancels its jobs, stops slurmd,
-# slurmctld, slurmdbd and MariaDB by pid, then munged if slurm-up started it, and checks that nothing is left running.
+# Stops the local cluster that launch/slurm-up.sh started, in reverse order: cancels its jobs, stops slurmd (every
+# node's), slurmctld, slurmdbd and MariaDB by pid, then munged if slurm-up started it, and checks that nothing is left
+# running. For a cluster of several nodes it then removes the network namespaces, veth pairs and bridge that slurm-up
+# created (exactly those listed in run/net-created, nothing else).
 # Safe to run when nothing (or only part of it) runs. Keeps the logs in the state dir
 # (${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/log); removes env.sh. The next slurm-up wipes the job database too.
 set -euo pipefail
@@ -14,8 +16,11 @@ PATH="$PATH:/usr/sbin:/sbin"
 
 log() { echo "slurm-down: $*"; }
 
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=launch/pids.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pids.sh"
+source "$HERE/pids.sh"
+# shellcheck source=launch/netns.sh
+source "$HERE/netns.sh"
 # Send TERM, wait up to $3 seconds, then KILL.
 stop_pid() {
     local pid="$1" name="$2" wait_s="${3:-10}" i
@@ -37,12 +42,17 @@ if [[ ! -d "$STATE_DIR" ]]; then
 fi
 
 ctld="$(our_pid "$STATE_DIR/run/slurmctld.pid" slurmctld)"
-slurmd_pid="$(our_pid "$STATE_DIR/run/slurmd.pid" slurmd)"
 dbd="$(our_pid "$STATE_DIR/run/slurmdbd.pid" slurmdbd)"
 db="$(our_pid "$STATE_DIR/mariadb/mariadbd.pid" mariadbd)"
+# Every node's slurmd: run/slurmd.pid (one node) or run/slurmd-<node>.pid (--nodes N).
+slurmd_pids=()
+for pidfile in "$STATE_DIR"/run/slurmd.pid "$STATE_DIR"/run/slurmd-*.pid; do
+    pid="$(our_pid "$pidfile" slurmd)"
+    [[ -n "$pid" ]] && slurmd_pids+=("$pid")
+done
 
 # 1. Jobs first: slurmstepd and job processes outlive slurmd, so cancel them while the daemons still run.
-if [[ -n "$ctld" && -n "$slurmd_pid" && -f "$CONF" ]]; then
+if [[ -n "$ctld" && ${#slurmd_pids[@]} -gt 0 && -f "$CONF" ]]; then
     export SLURM_CONF="$CONF"
     jobs="$(timeout 10 squeue -h -o %i 2>/dev/null | tr '\n' ' ' || true)"
     if [[ -n "${jobs// /}" ]]; then
@@ -60,9 +70,13 @@ if [[ -n "$ctld" && -n "$slurmd_pid" && -f "$CONF" ]]; then
 fi
 
 # 2. Daemons, by pid.
-[[ -n "$slurmd_pid" ]] && stop_pid "$slurmd_pid" slurmd 10
+# Every node's slurmd takes ~2 s to exit: signal them all first, then wait for each.
+for pid in "${slurmd_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+for pid in "${slurmd_pids[@]}"; do
+    if pid_alive "$pid"; then stop_pid "$pid" slurmd 10; else log "stopped slurmd (pid $pid)"; fi
+done
 [[ -n "$ctld" ]] && stop_pid "$ctld" slurmctld 10
-[[ -z "$slurmd_pid$ctld" ]] && log "slurmctld/slurmd of $STATE_DIR not running"
+[[ -z "${slurmd_pids[*]}$ctld" ]] && log "slurmctld/slurmd of $STATE_DIR not running"
 # Accounting after slurmctld (which sends slurmdbd its last job records on the way down), MariaDB last.
 [[ -n "$dbd" ]] && stop_pid "$dbd" slurmdbd 10
 [[ -n "$db" ]] && stop_pid "$db" mariadbd 20
@@ -82,7 +96,13 @@ for env_file in /proc/[0-9]*/environ; do
     fi
 done
 
-# 4. munged, only if slurm-up started it and no other cluster (another DPO_SWEEPS_SLURM_DIR) still uses it: there is
+# 4. The nodes' namespaces, veth pairs and bridge (--nodes N): after their processes, which would keep a namespace.
+if [[ -f "$STATE_DIR/run/net-created" ]]; then
+    net_down "$STATE_DIR/run/net-created" | sed 's/^/slurm-down: /' ||
+        log "could not remove everything listed in $STATE_DIR/run/net-created (see above); run slurm-down again"
+fi
+
+# 5. munged, only if slurm-up started it and no other cluster (another DPO_SWEEPS_SLURM_DIR) still uses it: there is
 # one munged per machine, shared by every cluster on it.
 other_slurm_daemons() {
     local f pid
@@ -90,7 +110,7 @@ other_slurm_daemons() {
         pid="${f#/proc/}"
         pid="${pid%/cmdline}"
         case "$({ tr '\0' ' ' <"$f"; } 2>/dev/null || true)" in
-        slurmctld* | slurmd* | slurmdbd* | */slurmctld* | */slurmd* | */slurmdbd*) echo "$pid" ;;
+        slurmctld* | slurmd* | */slurmctld* | */slurmd*) echo "$pid" ;; # slurmd* also matches slurmdbd
         esac
     done
 }
@@ -110,5 +130,6 @@ else
     log "munged was not started by slurm-up; leaving it alone"
 fi
 
-rm -f "$STATE_DIR/env.sh" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid" "$STATE_DIR/run/slurmdbd.pid"
+rm -f "$STATE_DIR/env.sh" "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid" "$STATE_DIR"/run/slurmd-*.pid \
+    "$STATE_DIR/run/slurmdbd.pid"
 log "done; logs kept in $STATE_DIR/log"

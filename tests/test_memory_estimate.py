@@ -13,7 +13,7 @@ import pytest
 
 from dpo_sweeps.bench import memory as calibration
 from dpo_sweeps.slurm.memory import GIB, Arch, RunSettings, estimate
-from dpo_sweeps.slurm.memory_check import check, fixes
+from dpo_sweeps.slurm.memory_check import check, fixes, gpu_gib_of_type, gpu_types_in_gres
 
 # The seed models' published config.json values.
 LLAMA3_1_8B = Arch.from_mapping(
@@ -213,3 +213,29 @@ def test_imports_no_torch():
         "heavy = [m for m in ('torch', 'transformers', 'trl') if m in sys.modules]; assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "gib"),
+    [
+        ("h100", 80),
+        ("a100_80g", 80),
+        ("a100-sxm4-40gb", 40),
+        ("nvidia_h100_80gb_hbm3", 80),
+        ("v100_32g", 32),
+        ("H200", 141),
+        ("tesla-t4", 16),
+        # Sold in several sizes: unknown without the size in the name, never a guess.
+        ("a100", None),
+        ("v100", None),
+        ("gh200", None),
+        ("my_site_gpu", None),
+    ],
+)
+def test_gpu_memory_from_the_gres_type(name, gib):
+    assert gpu_gib_of_type(name) == gib
+
+
+def test_gpu_types_in_a_gres_string():
+    assert gpu_types_in_gres("gpu:a100_80g:4(S:0-1),gpu:h100:2,shard:8") == ["a100_80g", "h100"]
+    assert gpu_types_in_gres("gpu:4") == [] and gpu_types_in_gres("(null)") == []

@@ -7,6 +7,7 @@ Import-light (no torch): runs in the submitting process.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 from dpo_sweeps.slurm.memory import GIB, Arch, RunSettings, estimate
@@ -124,3 +125,53 @@ def check(arch: Arch, run: RunSettings, gpu_gib: float, gpus_per_node: int = 8) 
         else:
             advice = "No change the estimate knows of makes it fit: a smaller model, or GPUs with more memory."
     return [f"Does not fit in GPU memory on {where}: {est.summary()}. {advice}"]
+
+
+# ---------------------------------------------------------------------------------- GPU memory from a gres GPU type
+
+# Memory per GPU (GiB, as sold) of GPU type names that sites use in their gres; a type sold in several sizes (a100,
+# v100, gh200) counts only with its size in the name (a100_80g, v100-32gb). Unknown or ambiguous: None, never a guess.
+GPU_TYPES_GIB = {
+    "h100": 80,
+    "h100_nvl": 94,
+    "h200": 141,
+    "b200": 180,
+    "mi300x": 192,
+    "mi250": 64,
+    "mi250x": 64,
+    "mi210": 64,
+    "l40s": 48,
+    "l40": 48,
+    "a40": 48,
+    "a6000": 48,
+    "rtx_a6000": 48,
+    "rtx6000_ada": 48,
+    "a5000": 24,
+    "a10": 24,
+    "a10g": 24,
+    "l4": 24,
+    "rtx3090": 24,
+    "rtx4090": 24,
+    "t4": 16,
+    "a4000": 16,
+}
+
+
+def gpu_gib_of_type(name: str) -> float | None:
+    """GiB of one GPU from a gres type name ("a100_80g", "h100", "nvidia_h100_80gb_hbm3"); None when unknown."""
+    name = name.strip().lower()
+    sized = re.search(r"(?<![a-z0-9])(\d{2,3})\s*g(?:b|ib)?(?![a-z0-9])", name.replace("-", "_").replace("_", " "))
+    if sized:
+        return float(sized.group(1))
+    key = re.sub(r"^(nvidia|amd|tesla)[_-]", "", name).replace("-", "_")
+    return float(GPU_TYPES_GIB[key]) if key in GPU_TYPES_GIB else None
+
+
+def gpu_types_in_gres(gres: str | None) -> list[str]:
+    """The GPU type names in a gres string ("gpu:a100_80g:4(S:0-1),gpu:h100:2" -> [a100_80g, h100]); untyped: []."""
+    types = []
+    for item in (gres or "").split(","):
+        parts = re.sub(r"\(.*?\)", "", item).strip().split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and not parts[1].isdigit():
+            types.append(parts[1])
+    return types

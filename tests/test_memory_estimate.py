@@ -89,6 +89,7 @@ LORA = dict(lora_rank=16)
         ({"reference_copy": False}, {"reference_copy": True}),
         ({"fsdp": True, "world_size": 8}, {"fsdp": True, "world_size": 2}),
         ({"fsdp": True, "world_size": 4}, {}),
+        ({"fsdp": True, "world_size": 8}, {"fsdp": True, "world_size": 8, "fsdp_reshard_after_forward": False}),
         ({"world_size": 1}, {"world_size": 2}),  # DDP: gradient buckets, NCCL
         ({"optimizer": "adamw_bnb_8bit"}, {"optimizer": "adamw_torch"}),
         ({"optimizer": "adamw_torch_fused"}, {"optimizer": "adamw_torch"}),

@@ -165,6 +165,8 @@ class RunSettings:
     # Ranks of one training (GPUs); fsdp=True shards parameters, gradients and optimizer state over them.
     world_size: int = 1
     fsdp: bool = False
+    # FSDP2 frees each block's gathered parameters after its forward (full shard); False keeps them until backward.
+    fsdp_reshard_after_forward: bool = True
     gradient_checkpointing: bool = True
     # Eager attention (Gemma) keeps heads x T x T attention probabilities; sdpa keeps none.
     eager_attention: bool = False
@@ -306,7 +308,8 @@ def estimate(arch: Arch, run: RunSettings) -> Estimate:
     weights, gradients = frozen + trainable * per_param, trainable * per_param
     if shard:
         blocks = 2 * arch.layer_params  # the block being computed and the prefetched one, gathered
-        weights = weights / ranks + blocks * a + arch.head_params * a  # + the LM head, kept gathered
+        gathered = blocks if run.fsdp_reshard_after_forward else arch.num_hidden_layers * arch.layer_params
+        weights = weights / ranks + gathered * a + arch.head_params * a  # + the LM head, kept gathered
         reference = reference / ranks + blocks * a if reference else 0.0
         gradients = gradients / ranks + blocks * 4  # + unsharded block gradients before the reduce-scatter
         states, step = states / ranks, step / ranks

@@ -72,10 +72,10 @@ def test_slurm_launcher_config_overrides_submitit_defaults_that_break_requeue():
 
 
 def test_fsdp_rules():
-    cfg = compose_config(["model=tiny_qwen", *TINY, "lora=none", "training.fsdp=full_shard auto_wrap"])
+    cfg = compose_config(["model=tiny_qwen", *TINY, "lora=none", "training.fsdp.enabled=true"])
     from dpo_sweeps.config.validation import find_problems
 
-    assert any("training.fsdp='full_shard auto_wrap' with training.use_cpu=true" in p for p in find_problems(cfg))
+    assert any("training.fsdp.enabled=true with training.use_cpu=true" in p for p in find_problems(cfg))
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------

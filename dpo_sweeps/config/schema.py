@@ -14,6 +14,25 @@ from omegaconf import MISSING
 
 
 @dataclass
+class ArchConfig:
+    """A model's shape, as its config.json has it: what the pre-launch memory check (dpo_sweeps/slurm/memory.py)
+    needs without downloading the model. Copy the keys from the model's config.json."""
+
+    # llama, qwen2, gemma, ...: the family's defaults for what config.json leaves out (tied embeddings, biases).
+    model_type: str = MISSING
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_hidden_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    num_key_value_heads: int = MISSING
+    vocab_size: int = MISSING
+    # null = hidden_size / num_attention_heads.
+    head_dim: int | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+
+
+@dataclass
 class ModelConfig:
     # Hub id or local folder. Tiny models are built locally; their folder is found from `tiny_arch`.
     name_or_path: str = MISSING
@@ -34,6 +53,12 @@ class ModelConfig:
     # Gemma's chat template has no system role: merge a system message into the first user turn.
     merge_system_into_user: bool = False
     trust_remote_code: bool = False
+    # The model's shape for the pre-launch GPU memory check; null = read config.json of a local model folder (a hub
+    # model without it is not checked, and the check says so).
+    arch: ArchConfig | None = None
+    # The decoder layer class FSDP wraps as one unit (LlamaDecoderLayer, Qwen2DecoderLayer, GemmaDecoderLayer);
+    # training.fsdp.wrap_class overrides it. null = transformers' default (the model's _no_split_modules).
+    fsdp_wrap_class: str | None = None
 
 
 @dataclass
@@ -123,6 +148,29 @@ class LossConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """FSDP over the ranks of one training (one per GPU): HF TrainingArguments' fsdp / fsdp_config (config/fsdp.py)."""
+
+    # Shard parameters, gradients and optimizer state over the job's ranks (ZeRO-3); false = DDP with several ranks.
+    enabled: bool = False
+    # 2 = FSDP2 (per-parameter sharding, what the tests run); 1 = the FlatParameter FSDP, deprecated in transformers 5.
+    version: int = 2
+    # The layer class wrapped as one FSDP unit; null = model.fsdp_wrap_class (each model family's yaml sets it).
+    wrap_class: str | None = None
+    # FULL_STATE_DICT: checkpoints and the saved model are ordinary HF folders, gathered on rank 0;
+    # SHARDED_STATE_DICT: one file per rank (faster for big models; a resume needs the same number of ranks).
+    state_dict_type: str = "FULL_STATE_DICT"
+    # Recompute each wrapped layer in backward (FSDP's own checkpointing, without the extra all-gather of the
+    # Trainer's); null = training.gradient_checkpointing.
+    activation_checkpointing: bool | None = None
+    # true: free each layer's gathered parameters after its forward (least memory); false: keep them until its
+    # backward (one all-gather less per layer, the whole model gathered at the peak).
+    reshard_after_forward: bool = True
+    # Only rank 0 reads the checkpoint from disk, the others receive it (saves ranks x model size of host memory).
+    cpu_ram_efficient_loading: bool = True
+
+
+@dataclass
 class TrainingConfig:
     max_steps: int = -1
     num_train_epochs: float = 1.0
@@ -161,11 +209,8 @@ class TrainingConfig:
     max_new_tokens: int = 48
     # Torch threads per run on CPU; null = torch's default.
     cpu_threads: int | None = None
-    # FSDP (several GPUs, full-parameter DPO of big models): HF TrainingArguments' `fsdp`, e.g.
-    # "full_shard auto_wrap"; "" = off (plain DDP when a job has several tasks).
-    fsdp: str = ""
-    # HF's fsdp_config dict, e.g. {transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}; null = HF's defaults.
-    fsdp_config: dict[str, Any] | None = None
+    # Sharding over the job's ranks (full-parameter DPO of big models); off = DDP when a job has several ranks.
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 @dataclass

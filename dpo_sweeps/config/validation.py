@@ -237,17 +237,27 @@ def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"resume.max_requeues={cfg.resume.max_requeues}: must be >= 0.")
 
 
+FSDP_STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
+
+
 def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
-    t = cfg.training
-    if t.fsdp and t.use_cpu:
+    fsdp = cfg.training.fsdp
+    if not fsdp.enabled:
+        return
+    if cfg.training.use_cpu:
         problems.append(
-            f"training.fsdp='{t.fsdp}' with training.use_cpu=true: FSDP shards over GPUs. Fix: training.fsdp=''."
+            "training.fsdp.enabled=true with training.use_cpu=true: FSDP shards over GPUs. "
+            "Fix: training.fsdp.enabled=false."
         )
-    if t.fsdp and cfg.quantization.mode != "none":
+    if cfg.quantization.mode != "none" or cfg.model.prequantized:
+        what = f"quantization={cfg.quantization.mode}" if cfg.quantization.mode != "none" else "a pre-quantized model"
         problems.append(
-            f"training.fsdp='{t.fsdp}' with quantization={cfg.quantization.mode}: bitsandbytes weights are not sharded "
-            "by FSDP here. Fix: training.fsdp='' (DDP), or quantization=none for full-parameter FSDP."
+            f"training.fsdp.enabled=true with {what}: bitsandbytes weights are not sharded by FSDP here. "
+            "Fix: training.fsdp.enabled=false (DDP), or an unquantized model for full-parameter FSDP."
         )
+    if fsdp.version not in (1, 2):
+        problems.append(f"training.fsdp.version={fsdp.version}: 2 (FSDP2) or 1 (legacy FSDP). Fix: 2.")
+    _one_of(problems, "training.fsdp.state_dict_type", fsdp.state_dict_type, FSDP_STATE_DICT_TYPES)
 
 
 def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:
@@ -266,7 +276,7 @@ def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:
 def _unknown_keys(node: DictConfig, prefix: str, problems: list[str]) -> None:
     schema = OmegaConf.get_type(node)
     if not dataclasses.is_dataclass(schema):
-        return  # a free-form dict (training.fsdp_config): any key is the user's
+        return  # a free-form dict: any key is the user's
     known = [f.name for f in dataclasses.fields(schema)]
     for key in node:
         key = str(key)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainerCallback
 
 from dpo_sweeps import console
+from dpo_sweeps.config import fsdp
 from dpo_sweeps.data import load_preference_data
 from dpo_sweeps.models.loading import LoadedModels, load_models, resolve_dtype
 from dpo_sweeps.runs import folder as run_folder
@@ -104,9 +105,6 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         # Rotation is ours (checkpoints.CheckpointCommit): HF's deletes file by file and can leave a half-deleted
         # checkpoint that looks complete to a resuming job.
         "save_total_limit": None,
-        # FSDP for full-parameter DPO of large models over several GPUs ("full_shard auto_wrap"); "" = off.
-        "fsdp": t.fsdp or None,
-        "fsdp_config": OmegaConf.to_container(t.fsdp_config, resolve=True) if t.fsdp_config else None,
         # torch.distributed on CPU (tests, the local SLURM cluster) needs gloo; GPUs get accelerate's default (nccl).
         "ddp_backend": "gloo" if cluster.distributed() and (t.use_cpu or not torch.cuda.is_available()) else None,
         "dataloader_num_workers": t.dataloader_num_workers,
@@ -116,6 +114,8 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         "report_to": [],
         "disable_tqdm": True,
         **precision_flags(cfg, dtype),
+        # FSDP for full-parameter DPO of large models over several GPUs (training.fsdp); {} when off.
+        **fsdp.trainer_args(cfg),
     }
     kwargs.update(overrides)
     return DPOConfig(**kwargs)

@@ -47,6 +47,9 @@ from dpo_sweeps.slurm import handoff, plan, site, watch
 
 log = logging.getLogger(__name__)
 
+# Launcher keys only the pre-launch check reads (hydra_plugins/dpo_sweeps_launcher/slurm.py's schema): not sbatch's.
+CHECK_ONLY_KEYS = ("gpu_mem_gb",)
+
 
 class SbatchError(RuntimeError):
     """sbatch refused (part of) the sweep."""
@@ -138,7 +141,7 @@ class SweepSlurmLauncher(SlurmLauncher):
         """submitit's SlurmExecutor with this launcher's parameters, mapped as the stock launcher maps them."""
         import submitit
 
-        params = dict(self.params)
+        params = {k: v for k, v in self.params.items() if k not in CHECK_ONLY_KEYS}
         executor = submitit.AutoExecutor(
             cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=params.pop("max_num_timeout")
         )

@@ -7,13 +7,20 @@ Import-light (no torch): runs in the submitting process.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from dpo_sweeps.slurm.memory import GIB, Arch, RunSettings, estimate
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_sweeps.config.validation import reference_needed
+from dpo_sweeps.slurm import resources
+from dpo_sweeps.slurm.memory import DTYPE_NAMES, GIB, Arch, RunSettings, estimate
 
 # How each fix is spelled on the command line.
-FIX_FSDP = "shard with FSDP over {n} GPUs (training.fsdp=full_shard {gpus})"
+FIX_FSDP = "shard with FSDP over {n} GPUs (training.fsdp.enabled=true {gpus})"
 FIX_MORE_GPUS = "shard over {n} GPUs ({gpus})"
 FIX_REF_CACHE = "the reference cache instead of a frozen copy (ref_cache.enabled=true)"
 FIX_CHECKPOINTING = "gradient checkpointing (training.gradient_checkpointing=true)"
@@ -175,3 +182,178 @@ def gpu_types_in_gres(gres: str | None) -> list[str]:
         if parts[0] == "gpu" and len(parts) >= 2 and not parts[1].isdigit():
             types.append(parts[1])
     return types
+
+
+# ----------------------------------------------------------------------------- a sweep's points and its launcher
+
+SKIP_ENV = "DPO_SWEEPS_MEMORY_CHECK"
+# Where a launcher profile can name a GPU type ("gpu:h100:8", or "h100:8" for --gpus-per-node).
+GRES_KEYS = ("gres", "gpus_per_node", "gpus_per_task", "additional_parameters.gres", "additional_parameters.gpus")
+
+
+def arch_for(cfg: DictConfig) -> tuple[Arch | None, str]:
+    """The model's shape and where it came from: a local folder's config.json (what will be loaded), else
+    model.arch; (None, why) when neither exists."""
+    m = cfg.model
+    folder = Path(str(m.name_or_path)).expanduser()
+    try:
+        if (folder / "config.json").is_file():
+            return Arch.from_config_json(folder), f"{folder}/config.json"
+        if m.get("arch") is not None:
+            values = OmegaConf.to_container(m.arch, resolve=True)
+            return Arch.from_mapping({k: v for k, v in values.items() if v != "???"}), "model.arch"
+    except (ValueError, OSError) as err:
+        return None, str(err)
+    return None, f"model.name_or_path={m.name_or_path} is no local folder and model.arch is not set"
+
+
+def run_settings(cfg: DictConfig, world_size: int) -> tuple[RunSettings | None, str]:
+    """What of a point's config decides its memory, on `world_size` ranks; (None, why) when something is unknown."""
+    from dpo_sweeps.config import fsdp
+
+    d, t = cfg.dataset, cfg.training
+    seq_len = d.max_length
+    if seq_len is None and d.max_prompt_length and d.max_completion_length:
+        seq_len = d.max_prompt_length + d.max_completion_length
+    if not seq_len:
+        return None, "dataset.max_length=null: the sequence length is unbounded"
+    weights = DTYPE_NAMES.get(str(cfg.model.dtype), "bf16")  # auto: bf16 on a GPU that has it (A100 and later)
+    precision = weights if t.precision == "auto" else str(t.precision)
+    q = cfg.quantization
+    quant_bits = 4 if q.mode == "nf4" or cfg.model.prequantized else 8 if q.mode == "int8" else None
+    return RunSettings(
+        micro_batch=t.per_device_train_batch_size,
+        seq_len=int(seq_len),
+        eval_batch=t.per_device_eval_batch_size,
+        lora_rank=cfg.lora.r if cfg.lora.enabled else None,
+        lora_targets=cfg.lora.target_modules
+        if isinstance(cfg.lora.target_modules, str)
+        else tuple(cfg.lora.target_modules),
+        quant_bits=quant_bits,
+        double_quant=bool(q.double_quant),
+        weights_dtype=weights,
+        precision=precision,
+        # As train/ref_cache.py decides: a frozen copy unless LoRA, or the cache serves a loss that reads it.
+        reference_copy=not (cfg.ref_cache.enabled and reference_needed(cfg)),
+        optimizer=str(t.optim),
+        world_size=world_size,
+        fsdp=bool(t.fsdp.enabled),
+        fsdp_reshard_after_forward=bool(t.fsdp.reshard_after_forward),
+        gradient_checkpointing=fsdp.activation_checkpointing(cfg),
+        eager_attention=cfg.model.get("attn_implementation") == "eager",
+    ), ""
+
+
+def ranks(launcher: dict[str, Any]) -> int:
+    """Ranks of one training: one per task, tasks_per_node on each of `nodes` nodes."""
+    return max(1, int(launcher.get("nodes") or 1)) * max(1, int(launcher.get("tasks_per_node") or 1))
+
+
+def gpu_gib(launcher: dict[str, Any], query_cluster=None) -> tuple[float | None, str]:
+    """GiB of one GPU the jobs will get, and where that comes from; (None, why) when nothing says, never a guess."""
+    if launcher.get("gpu_mem_gb"):
+        return float(launcher["gpu_mem_gb"]), "hydra.launcher.gpu_mem_gb"
+    extra = launcher.get("additional_parameters") or {}
+    for key in GRES_KEYS:
+        value = extra.get(key.split(".", 1)[1]) if key.startswith("additional_parameters.") else launcher.get(key)
+        text = str(value or "")
+        types = gpu_types_in_gres(text if text.startswith("gpu") else f"gpu:{text}")
+        sizes = [gpu_gib_of_type(t) for t in types]
+        if sizes and None not in sizes:
+            return min(sizes), f"the GPU type in hydra.launcher.{key}={value}"
+    if os.environ.get(resources.SKIP_ENV, "1") == "0":
+        return None, f"{resources.SKIP_ENV}=0 (no sinfo) and hydra.launcher.gpu_mem_gb is not set"
+    try:
+        cluster = (query_cluster or resources.query_cluster)()
+    except resources.ClusterUnavailable:
+        return None, "no sinfo answers here and hydra.launcher.gpu_mem_gb is not set"
+    partition = launcher.get("partition") or cluster.default_partition
+    wanted = {p.strip() for p in str(partition).split(",")}
+    gres = sorted({g.gres for g in cluster.groups if g.partition in wanted and g.gpus})
+    types = [t for text in gres for t in gpu_types_in_gres(text)]
+    sizes = [gpu_gib_of_type(t) for t in types]
+    if not types or None in sizes:
+        return None, f"sinfo's gres for partition {partition} ({', '.join(gres) or 'no GPUs'}) names no known GPU size"
+    return min(sizes), f"sinfo: {', '.join(sorted(set(types)))} in partition {partition}"
+
+
+@dataclass
+class _Group:
+    arch: Arch
+    run: RunSettings
+    source: str
+    points: list[int]
+    overrides: list[str]
+
+
+def _label(points: list[int]) -> str:
+    shown = ", ".join(f"#{i}" for i in points[:6])
+    more = f", ... ({len(points)} points)" if len(points) > 6 else ""
+    return f"point{'s' if len(points) > 1 else ''} {shown}{more}"
+
+
+class SweepMemory:
+    """The memory check of a sweep: one estimate per distinct (model shape, settings), listing the points that share
+    it; `lines()` for dry_run=true, `problems()` for the refusal before sbatch."""
+
+    def __init__(self, launcher: dict[str, Any], query_cluster=None):
+        self.launcher, self.world = launcher, ranks(launcher)
+        self._query = query_cluster
+        self.groups: dict[tuple, _Group] = {}
+        self.skipped: dict[str, list[int]] = {}
+        self._gpu: tuple[float | None, str] | None = None
+
+    def add(self, index: int, overrides: list[str], cfg: DictConfig) -> None:
+        if cfg.training.use_cpu or ("gpus_per_node" in self.launcher and not resources.requested_gpus(self.launcher)):
+            self.skipped.setdefault("CPU job: no GPU memory to check", []).append(index)
+            return
+        arch, source = arch_for(cfg)
+        run, why = run_settings(cfg, self.world) if arch else (None, source)
+        if arch is None or run is None:
+            self.skipped.setdefault(f"memory not estimated: {why}", []).append(index)
+            return
+        group = self.groups.setdefault((arch, run), _Group(arch, run, source, [], overrides))
+        group.points.append(index)
+
+    def gpu(self) -> tuple[float | None, str]:
+        if self._gpu is None:
+            self._gpu = gpu_gib(self.launcher, self._query) if self.groups else (None, "")
+        return self._gpu
+
+    def lines(self) -> list[str]:
+        """What dry_run=true prints: per distinct config its estimate, and whether it fits."""
+        nodes, tasks = self.launcher.get("nodes") or 1, self.launcher.get("tasks_per_node") or 1
+        gib, source = self.gpu()
+        gpus = f"GPUs of {gib:g} GiB ({source})" if gib else f"GPU memory unknown ({source}): not checked"
+        lines = [
+            f"GPU memory, estimated per GPU for {self.world} rank(s) (nodes={nodes} x tasks_per_node={tasks}); {gpus}:"
+        ]
+        for g in self.groups.values():
+            est = estimate(g.arch, g.run)
+            verdict = ""
+            if gib:
+                problems = check(g.arch, g.run, gib, self._gpus_per_node())
+                verdict = f": fits ({gib - est.total / GIB:.1f} GiB to spare)" if not problems else ": DOES NOT FIT"
+            sharded = ", FSDP" if g.run.fsdp and self.world > 1 else ""
+            lines.append(f"  {_label(g.points)} ({g.source}{sharded}): {est.summary()}{verdict}")
+            if gib and problems:
+                lines.append(f"    would be REFUSED: {problems[0]}")
+        lines += [f"  {_label(points)}: {why}" for why, points in self.skipped.items()]
+        return lines
+
+    def problems(self) -> list[str]:
+        """One problem per distinct config that cannot fit, naming its points and the fix; [] when all fit, the GPU
+        memory is unknown, or DPO_SWEEPS_MEMORY_CHECK=0."""
+        if os.environ.get(SKIP_ENV, "1") == "0":
+            return []
+        gib, _ = self.gpu()
+        if not gib:
+            return []
+        out = []
+        for g in self.groups.values():
+            for problem in check(g.arch, g.run, gib, self._gpus_per_node()):
+                out.append(f"{_label(g.points)} [{' '.join(g.overrides) or 'no overrides'}]: {problem}")
+        return out
+
+    def _gpus_per_node(self) -> int:
+        return max(8, resources.requested_gpus(self.launcher))

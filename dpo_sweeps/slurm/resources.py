@@ -158,6 +158,11 @@ def _requested_gpus(launcher: dict[str, Any]) -> tuple[int, str, Any]:
     return max(candidates, key=lambda c: c[0])
 
 
+def requested_gpus(launcher: dict[str, Any]) -> int:
+    """GPUs per node the profile asks for (0 for CPU jobs)."""
+    return _requested_gpus(launcher)[0]
+
+
 def _as_count(value: Any) -> int:
     """3, "3" or "a100:3" (sbatch --gpus-per-node accepts a type) -> 3; None -> 0."""
     if value is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +162,20 @@ def _uses_our_slurm_launcher(config: DictConfig) -> bool:
     return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher")
 
 
-def check_sweep(config: DictConfig) -> CheckedSweep:
+def check_sweep(
+    config: DictConfig, on_point: Callable[[int, list[str], DictConfig], None] | None = None
+) -> CheckedSweep:
     """Compose and validate every point; raise SweepValidationError naming all bad points. Returns the points and
     what the check cost, for the launcher (our SLURM launcher submits from them instead of composing every point
-    again, see `dpo_sweeps/slurm/handoff.py`)."""
+    again, see `dpo_sweeps/slurm/handoff.py`). `on_point(number, overrides, cfg)` sees each composed point (the
+    memory check); under another sweeper, the base config."""
     loader = GlobalHydra.instance().config_loader()
     if not _uses_basic_sweeper(config):
         problems = find_problems(config)
         if problems:
             raise SweepValidationError([(["<base config>"], problems)], 1)
+        if on_point:
+            on_point(0, [], config)
         return CheckedSweep()
     tic = time.perf_counter()
     points, bad = [], []
@@ -180,11 +186,13 @@ def check_sweep(config: DictConfig) -> CheckedSweep:
 
         refuse_if_too_large(config, all_points)
     compose_point = _PointComposer(config, loader)
-    for overrides in all_points:
+    for number, overrides in enumerate(all_points):
         cfg = compose_point(overrides)
         problems = find_problems(cfg)
         if problems:
             bad.append((overrides, problems))
+        elif on_point:
+            on_point(number, overrides, cfg)
         # The sweep folder as this (sweep-level) config resolves it: a point's own config is not a job yet (no
         # hydra.job.num), and would name the sweep folder after its own overrides.
         run_dir = str(Path(str(config.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
@@ -206,20 +214,25 @@ def check_sweep(config: DictConfig) -> CheckedSweep:
 def preflight(config: DictConfig) -> CheckedSweep:
     """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points and return
     them for the launcher."""
+    from dpo_sweeps.slurm.memory_check import SweepMemory
+    from dpo_sweeps.slurm.resources import cluster_problems, is_slurm_launcher
+
+    launcher = {k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"}
+    # Each point's peak GPU memory against the GPUs the launcher asks for (one estimate per distinct config).
+    memory = SweepMemory(OmegaConf.to_container(OmegaConf.create(launcher), resolve=True))
     try:
-        checked = check_sweep(config)
+        checked = check_sweep(config, on_point=memory.add)
     except SweepValidationError as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
     points = checked.points
     # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
-    from dpo_sweeps.slurm.resources import cluster_problems
-
-    misfits = cluster_problems({k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"})
+    misfits = cluster_problems(launcher)
     if config.get("dry_run"):
         print(format_grid(points, config), flush=True)
         for problem in misfits:
             print(f"Cluster check: {problem}", flush=True)
+        print("\n".join(memory.lines()), flush=True)
         if _uses_our_slurm_launcher(config):
             from dpo_sweeps.slurm.checks import describe_split
 
@@ -229,6 +242,16 @@ def preflight(config: DictConfig) -> CheckedSweep:
     if misfits:
         lines = "\n".join(f"  - {p}" for p in misfits)
         raise SystemExit(f"Error: the launcher does not fit the cluster; nothing was submitted:\n{lines}")
+    too_big = memory.problems() if is_slurm_launcher(launcher) else []
+    if too_big:
+        lines = "\n".join(f"  - {p}" for p in too_big)
+        raise SystemExit(
+            f"Error: {len(too_big)} configuration(s) of this sweep cannot fit in GPU memory; nothing was submitted:\n"
+            f"{lines}\n(The estimate: dpo_sweeps/slurm/memory.py, calibrated in README.md. If you know better: "
+            "DPO_SWEEPS_MEMORY_CHECK=0, or hydra.launcher.gpu_mem_gb=<GiB per GPU>.)"
+        )
+    for note in memory.lines() if is_slurm_launcher(launcher) else []:
+        log.info("%s", note)
     if checked.points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_folder.write_json_atomic(sweep_dir / POINTS_FILE, checked.points)

@@ -1,6 +1,7 @@
 """The memory estimate (dpo_sweeps/slurm/memory.py) against the GPU benchmark's measured peaks: the README's table.
 
-    python -m dpo_sweeps.bench.memory
+    python -m dpo_sweeps.bench.memory              # the calibration table
+    python -m dpo_sweeps.bench.memory --presets    # and every experiment preset's estimate: the GPUs it needs
 
 The measurements are the README's GPU table (`python -m dpo_sweeps.bench.gpu`: one H100 80GB, torch 2.11, peak =
 `torch.cuda.max_memory_allocated` over the whole run, evaluation included). The estimate is compared on the same
@@ -62,8 +63,48 @@ def table() -> str:
     return "\n".join(lines)
 
 
+# Common GPU sizes (GB as sold), smallest first: what a preset's header names as the GPU it needs.
+GPU_SIZES = (16, 24, 40, 48, 80, 141)
+
+
+def preset_rows() -> list[dict]:
+    """Each experiment preset as it composes: its ranks (from its launcher), its estimate, the smallest GPU it fits."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dpo_sweeps.cli import CONF_DIR
+    from dpo_sweeps.slurm.memory_check import arch_for, check, ranks, run_settings
+
+    out = []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+            cfg = compose("config", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+            launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+            row = {"name": path.stem, "ranks": ranks(launcher) if "tasks_per_node" in launcher else 1}
+            arch, _ = arch_for(cfg)
+            run, _ = run_settings(cfg, row["ranks"]) if arch else (None, "")
+            if cfg.training.use_cpu or run is None:
+                out.append({**row, "gib": None, "fits": "CPU" if cfg.training.use_cpu else "not estimated"})
+                continue
+            gib = estimate(arch, run).total / GIB
+            fits = next((f"{size} GB" for size in GPU_SIZES if not check(arch, run, size)), "none")
+            out.append({**row, "gib": gib, "fsdp": run.fsdp, "fits": fits})
+    return out
+
+
+def preset_table() -> str:
+    lines = ["| preset | ranks (GPUs) | estimated peak per GPU (GiB) | smallest GPU that fits |", "|---|---|---|---|"]
+    for r in preset_rows():
+        gib = "" if r["gib"] is None else f"{r['gib']:.1f}"
+        ranks = f"{r['ranks']}{' (FSDP)' if r.get('fsdp') and r['ranks'] > 1 else ''}"
+        lines.append(f"| {r['name']} | {ranks} | {gib} | {r['fits']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", action="store_true", help="also estimate every experiment preset")
+    args = parser.parse_args(argv)
     print(
         f"Qwen2.5-1.5B-Instruct architecture ({bench_arch().params / 1e9:.2f}B parameters), bf16, batch 4 pairs, "
         f"sequences padded to {BENCH_SEQ_LEN} tokens, eval batch 8 pairs, gradient checkpointing, AdamW; measured "
@@ -72,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print()
     print(table())
+    if args.presets:
+        print()
+        print(preset_table())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The memory check before submission, through the real CLI: dry_run=true prints each point's estimate and what it
+asks the launcher for; a point that cannot fit its GPUs is refused before sbatch, naming the fix.
+
+SLURM's client tools are stand-ins on PATH (a GPU site's sinfo, scontrol, squeue, and an sbatch that only records
+that it ran), so the whole submission path runs up to sbatch without a GPU cluster."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from dpo_sweeps.bench import memory as bench_memory
+from dpo_sweeps.cli import CONF_DIR
+from tests.helpers import run_cli
+
+ONE_GPU = ["hydra.launcher.gpus_per_node=1", "hydra.launcher.tasks_per_node=1"]
+# `sinfo --noheader --exact --format '%P|%c|%m|%G|%l|%D'` on a site with 8 x H100 80GB nodes.
+SINFO = "gpu*|128|2000000|gpu:h100:8(S:0-1)|2-00:00:00|4"
+SCONTROL = "MaxArraySize = 1001\nMaxJobCount = 10000\nAccountingStorageType = accounting_storage/none"
+
+
+def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """(environment, sbatch's marker file): SLURM clients that answer like a GPU site; sbatch fails after recording."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "sbatch_ran"
+    bin_dir.mkdir()
+    scripts = {
+        "sinfo": f"echo '{SINFO}'",
+        "scontrol": f"printf '%s\\n' '{SCONTROL}'",
+        "squeue": "true",
+        "sbatch": f"echo \"$@\" >> {marker}; echo 'sbatch: error: stand-in sbatch' >&2; exit 1",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# stand-in\n")
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_CONF": str(conf)}, marker
+
+
+def test_dry_run_prints_the_estimate_and_the_whole_node_request_without_a_cluster(tmp_path):
+    proc = run_cli(
+        [
+            "-m",
+            "experiment=results_conservative",
+            "hydra/launcher=slurm",
+            "dry_run=true",
+            f"hydra.sweep.dir={tmp_path}/s",
+        ],
+        env={"SLURM_CONF": str(tmp_path / "missing.conf")},
+        timeout=180,
+    )
+    out = proc.stdout
+    assert "tasks_per_node=8, gpus_per_node=8" in out, out
+    assert "GPU memory, estimated per GPU for 8 rank(s) (nodes=1 x tasks_per_node=8)" in out, out
+    assert re.search(r"point #0 \(model\.arch, FSDP\): 26\.\d GiB per GPU = weights", out), out
+    # No cluster, no gpu_mem_gb: it says that it could not compare, and does not guess.
+    assert "GPU memory unknown" in out and "not checked" in out
+    assert "dry_run=true: nothing was run or submitted." in out and not (tmp_path / "s").exists()
+
+
+def test_dry_run_reads_the_gpu_size_from_sinfo_and_shows_the_refusal(tmp_path):
+    env, marker = fake_slurm(tmp_path)
+    proc = run_cli(
+        ["-m", "experiment=results_conservative", *ONE_GPU, "dry_run=true", f"hydra.sweep.dir={tmp_path}/s"],
+        env=env,
+        timeout=180,
+    )
+    out = proc.stdout
+    assert "GPUs of 80 GiB (sinfo: h100 in partition gpu)" in out, out
+    assert "83.1 GiB per GPU" in out and "DOES NOT FIT" in out and "would be REFUSED" in out, out
+    assert proc.returncode == 0 and not marker.exists()
+
+
+def test_one_gpu_is_refused_before_sbatch_with_the_fix(tmp_path):
+    env, marker = fake_slurm(tmp_path)
+    proc = run_cli(
+        ["-m", "experiment=results_conservative", *ONE_GPU, f"hydra.sweep.dir={tmp_path}/s"],
+        env=env,
+        check=False,
+        timeout=180,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "cannot fit in GPU memory; nothing was submitted" in out, out
+    # The estimate, its parts, and the fix as overrides to type.
+    for text in ("83.1 GiB per GPU", "weights 15.0", "optimizer 29.9", "gradients 15.0", "1 GPU of 80 GiB"):
+        assert text in out, (text, out)
+    assert "shard with FSDP over 4 GPUs (training.fsdp.enabled=true hydra.launcher.gpus_per_node=4" in out, out
+    assert "Traceback" not in out and not marker.exists()
+
+
+def test_the_whole_node_passes_the_check_and_reaches_sbatch(tmp_path):
+    # The control: the preset as shipped fits, so submission goes on to sbatch (here a stand-in that fails).
+    env, marker = fake_slurm(tmp_path)
+    proc = run_cli(["-m", "experiment=results_conservative", f"hydra.sweep.dir={tmp_path}/s"], env=env, check=False)
+    out = proc.stdout + proc.stderr
+    assert "cannot fit in GPU memory" not in out, out
+    assert marker.exists(), out
+
+
+def test_the_check_can_be_turned_off(tmp_path):
+    env, marker = fake_slurm(tmp_path)
+    env["DPO_SWEEPS_MEMORY_CHECK"] = "0"
+    proc = run_cli(
+        ["-m", "experiment=results_conservative", *ONE_GPU, f"hydra.sweep.dir={tmp_path}/s"],
+        env=env,
+        check=False,
+    )
+    assert "cannot fit in GPU memory" not in proc.stdout + proc.stderr and marker.exists()
+
+
+@pytest.mark.parametrize("row", bench_memory.preset_rows(), ids=lambda r: r["name"])
+def test_every_preset_header_states_the_gpus_it_needs(row):
+    header = "\n".join(
+        line for line in (CONF_DIR / "experiment" / f"{row['name']}.yaml").read_text().splitlines() if line[:1] == "#"
+    )
+    if row["gib"] is None:
+        assert "CPU only" in header
+        return
+    stated = re.search(r"Estimated peak ([\d.]+) GiB", header)
+    assert stated and abs(float(stated.group(1)) - row["gib"]) < 0.05, (row, header)
+    assert re.search(rf"GPUs: (one|one whole node, {row['ranks']} GPUs)", header), header

@@ -10,24 +10,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
 from dpo_sweeps.bench import memory as calibration
 from dpo_sweeps.slurm.memory import GIB, Arch, RunSettings, estimate
-from dpo_sweeps.slurm.memory_check import check, fixes, gpu_gib_of_type, gpu_types_in_gres
+from dpo_sweeps.slurm.memory_check import arch_for, check, fixes, gpu_gib, gpu_gib_of_type, gpu_types_in_gres
+from dpo_sweeps.slurm.resources import ClusterUnavailable, parse_sinfo
 
-# The seed models' published config.json values.
-LLAMA3_1_8B = Arch.from_mapping(
-    {
-        "model_type": "llama",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 128256,
-        "tie_word_embeddings": False,
-    }
-)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def seed_arch(model: str) -> Arch:
+    """A seed model's shape as its conf/model yaml carries it (what the pre-launch check reads)."""
+    return Arch.from_mapping(yaml.safe_load((CONF / "model" / f"{model}.yaml").read_text())["arch"])
+
+
+LLAMA3_1_8B = seed_arch("llama3_1_8b")
 QWEN2_5_1_5B = calibration.bench_arch()
 # experiment=results_conservative: full DPO, bf16, 2 pairs x 1024 tokens, eval batch 4, checkpointing, ref cache on.
 RESULTS_CONSERVATIVE = RunSettings(micro_batch=2, seq_len=1024, eval_batch=4, reference_copy=False)
@@ -55,11 +54,22 @@ def test_calibration_table_is_the_command_output(capsys):
 
 
 @pytest.mark.parametrize(
-    ("arch", "published"),
-    [(LLAMA3_1_8B, 8.03e9), (QWEN2_5_1_5B, 1.54e9)],
+    ("model", "published"),
+    [
+        ("llama3_2_1b", 1.24e9),
+        ("llama3_1_8b", 8.03e9),
+        ("llama3_1_8b_4bit", 8.03e9),
+        ("qwen1_5b", 1.54e9),
+        ("gemma_2b", 2.51e9),
+        ("smollm2_135m", 134.5e6),
+    ],
 )
-def test_parameter_count_from_the_architecture(arch, published):
-    assert arch.params == pytest.approx(published, rel=0.005)
+def test_seed_models_shapes_give_their_published_parameter_counts(model, published):
+    assert seed_arch(model).params == pytest.approx(published, rel=0.005)
+
+
+def test_the_calibration_ran_the_seed_qwen_shape():
+    assert seed_arch("qwen1_5b") == QWEN2_5_1_5B
 
 
 def test_full_dpo_peak_is_parameter_arithmetic():
@@ -153,21 +163,22 @@ def test_qwen_dpo_fits_one_80gb_gpu(reference_copy):
 
 
 @pytest.mark.parametrize(
-    ("run", "gpu", "fix"),
+    ("model", "run", "gpu", "fix"),
     [
-        # Full DPO of 8B on 1 GPU: FSDP over the fewest GPUs that fit.
-        (RESULTS_CONSERVATIVE, 80, "shard with FSDP over 4 GPUs"),
+        # Full DPO of 8B on 1 GPU: FSDP over the fewest GPUs that fit (and when FSDP is on: only the GPUs).
+        ("llama", RESULTS_CONSERVATIVE, 80, "shard with FSDP over 4 GPUs (training.fsdp.enabled=true"),
+        ("llama", replace(RESULTS_CONSERVATIVE, fsdp=True), 80, "shard over 4 GPUs (hydra.launcher.gpus_per_node=4"),
         # A frozen copy pushes a small full run over: the cache fixes it.
-        (replace(QWEN_DPO, reference_copy=True, micro_batch=1), 18, "ref_cache.enabled=true"),
+        ("qwen", replace(QWEN_DPO, reference_copy=True, micro_batch=1), 18, "ref_cache.enabled=true"),
         # Long sequences without checkpointing.
-        (RunSettings(micro_batch=2, seq_len=2048, lora_rank=16, gradient_checkpointing=False), 24, "checkpointing"),
+        ("llama", RunSettings(2, 2048, lora_rank=16, gradient_checkpointing=False), 24, "checkpointing=true"),
         # A big micro-batch of LoRA: the largest micro-batch that fits is named.
-        (RunSettings(micro_batch=16, seq_len=2048, lora_rank=16), 24, "per_device_train_batch_size="),
+        ("llama", RunSettings(micro_batch=16, seq_len=2048, lora_rank=16), 24, "per_device_train_batch_size="),
     ],
-    ids=["fsdp", "ref-cache", "checkpointing", "micro-batch"],
+    ids=["fsdp", "fsdp-on-one-rank", "ref-cache", "checkpointing", "micro-batch"],
 )
-def test_problem_names_the_fix(run, gpu, fix):
-    arch = LLAMA3_1_8B if run.lora_rank or run is RESULTS_CONSERVATIVE else QWEN2_5_1_5B
+def test_problem_names_the_fix(model, run, gpu, fix):
+    arch = {"llama": LLAMA3_1_8B, "qwen": QWEN2_5_1_5B}[model]
     problems = check(arch, run, gpu)
     assert problems and fix in problems[0], problems
     # And the fix it names does fit.
@@ -240,3 +251,56 @@ def test_gpu_memory_from_the_gres_type(name, gib):
 def test_gpu_types_in_a_gres_string():
     assert gpu_types_in_gres("gpu:a100_80g:4(S:0-1),gpu:h100:2,shard:8") == ["a100_80g", "h100"]
     assert gpu_types_in_gres("gpu:4") == [] and gpu_types_in_gres("(null)") == []
+
+
+GPU_SITE = """\
+cpu*|64|257000|(null)|2-00:00:00|40
+gpu|32|515000|gpu:a100:4(S:0-1)|1-00:00:00|8
+h100|64|1031000|gpu:h100:8(S:0-1),shard:h100:64(S:0-1)|1-00:00:00|2
+big|64|1031000|gpu:a100_80g:8(S:0-1)|1-00:00:00|2
+big|64|1031000|gpu:a100_40g:8(S:0-1)|1-00:00:00|2
+"""
+
+
+@pytest.mark.parametrize(
+    ("launcher", "gib", "source"),
+    [
+        # An explicit size wins over everything.
+        ({"gpu_mem_gb": 94, "partition": "h100"}, 94, "hydra.launcher.gpu_mem_gb"),
+        # The profile's own request names the type.
+        ({"additional_parameters": {"gres": "gpu:h200:4"}}, 141, "hydra.launcher.additional_parameters.gres"),
+        ({"gpus_per_node": "a100_80g:8"}, 80, "hydra.launcher.gpus_per_node"),
+        # Else sinfo's gres for the partition; mixed node types: the smallest GPU.
+        ({"partition": "h100", "gpus_per_node": 8}, 80, "sinfo: h100 in partition h100"),
+        ({"partition": "big", "gpus_per_node": 8}, 40, "sinfo: a100_40g, a100_80g in partition big"),
+        # a100 comes as 40 and 80 GB: unknown, never a guess; a CPU partition has none.
+        ({"partition": "gpu", "gpus_per_node": 4}, None, "gpu:a100:4(S:0-1)) names no known GPU size"),
+        ({"gpus_per_node": 1}, None, "partition cpu (no GPUs)"),
+    ],
+)
+def test_gpu_memory_of_a_launcher_profile(launcher, gib, source):
+    found, why = gpu_gib(launcher, query_cluster=lambda: parse_sinfo(GPU_SITE))
+    assert found == gib and source in why, why
+
+
+def test_gpu_memory_without_sinfo_says_why(monkeypatch):
+    def unavailable():
+        raise ClusterUnavailable("`sinfo` is not installed here")
+
+    assert gpu_gib({"gpus_per_node": 8}, query_cluster=unavailable) == (
+        None,
+        "no sinfo answers here and hydra.launcher.gpu_mem_gb is not set",
+    )
+    monkeypatch.setenv("DPO_SWEEPS_CLUSTER_CHECK", "0")
+    assert gpu_gib({"gpus_per_node": 8}, query_cluster=unavailable)[0] is None
+
+
+def test_a_local_folder_s_config_json_wins_over_the_arch_block(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN2_5_1_5B.__dict__, "model_type": "qwen2"}))
+    block = yaml.safe_load((CONF / "model" / "llama3_1_8b.yaml").read_text())["arch"]
+    local = OmegaConf.create({"model": {"name_or_path": str(tmp_path), "arch": block}})
+    assert arch_for(local) == (QWEN2_5_1_5B, f"{tmp_path}/config.json")
+    hub = OmegaConf.create({"model": {"name_or_path": "org/model", "arch": block}})
+    assert arch_for(hub) == (LLAMA3_1_8B, "model.arch")
+    unknown = OmegaConf.create({"model": {"name_or_path": "org/model", "arch": None}})
+    assert arch_for(unknown) == (None, "model.name_or_path=org/model is no local folder and model.arch is not set")

@@ -88,7 +88,8 @@ def test_one_gpu_is_refused_before_sbatch_with_the_fix(tmp_path):
     # The estimate, its parts, and the fix as overrides to type.
     for text in ("83.1 GiB per GPU", "weights 15.0", "optimizer 29.9", "gradients 15.0", "1 GPU of 80 GiB"):
         assert text in out, (text, out)
-    assert "shard with FSDP over 4 GPUs (training.fsdp.enabled=true hydra.launcher.gpus_per_node=4" in out, out
+    # The preset already enables FSDP: what is missing is GPUs to shard over.
+    assert "shard over 4 GPUs (hydra.launcher.gpus_per_node=4 hydra.launcher.tasks_per_node=4): 46.8 GiB" in out, out
     assert "Traceback" not in out and not marker.exists()
 
 
@@ -123,3 +124,42 @@ def test_every_preset_header_states_the_gpus_it_needs(row):
     stated = re.search(r"Estimated peak ([\d.]+) GiB", header)
     assert stated and abs(float(stated.group(1)) - row["gib"]) < 0.05, (row, header)
     assert re.search(rf"GPUs: (one|one whole node, {row['ranks']} GPUs)", header), header
+
+
+def test_the_calibrations_sequence_length_is_the_benchmarks(tiny_model_paths, tmp_path):
+    """bench/gpu.py's pairs, templated and tokenized as that run does (tiny Qwen tokenizer, Qwen's chat template):
+    the longest sequence is the length the calibration pads to."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from dpo_sweeps.bench.gpu import write_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_paths["qwen2"])
+    write_data(tmp_path / "pairs.jsonl", rows=30 * 4 + 16, words=300)  # bench/gpu.py's defaults
+    longest = 0
+    for line in (tmp_path / "pairs.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for answer in (row["chosen"], row["rejected"]):
+            chat = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": answer}]
+            longest = max(longest, len(tok(tok.apply_chat_template(chat, tokenize=False))["input_ids"]))
+    assert longest == bench_memory.BENCH_SEQ_LEN
+
+
+def test_a_points_settings_as_the_job_will_run_them():
+    from dpo_sweeps.slurm.memory_check import run_settings
+    from tests.helpers import compose_config
+
+    run, _ = run_settings(compose_config(["experiment=qwen_dpo"]), world_size=1)
+    assert (run.micro_batch, run.seq_len, run.eval_batch, run.lora_rank) == (2, 1024, 8, None)
+    # The reference cache is on by default: no frozen copy; bf16 (dtype auto on a GPU), checkpointing, AdamW.
+    assert not run.reference_copy and run.weights_dtype == run.precision == "bf16"
+    assert run.gradient_checkpointing and run.optimizer == "adamw_torch" and not run.fsdp
+    copy, _ = run_settings(compose_config(["experiment=qwen_dpo", "ref_cache.enabled=false"]), world_size=1)
+    assert copy.reference_copy
+    qlora, _ = run_settings(compose_config(["experiment=finance_qlora"]), world_size=1)
+    assert qlora.quant_bits == 4 and qlora.lora_rank == 16
+    gemma, _ = run_settings(compose_config(["experiment=gemma_fashion"]), world_size=1)
+    assert gemma.eager_attention
+    unbounded, why = run_settings(compose_config(["model=qwen1_5b", "dataset.max_length=null"]), world_size=1)
+    assert unbounded is None and "dataset.max_length=null" in why

@@ -4,4 +4,5 @@ python -m dpo_sweeps.bench          # CPU: reference cache, framework vs bare TR
 python -m dpo_sweeps.bench.data     # CPU: data preparation at 30k/100k rows vs bare TRL (data.py, `make bench-data`)
 python -m dpo_sweeps.bench.gpu      # GPU: a Qwen2.5-1.5B-sized model through the CLI (gpu.py)
 python -m dpo_sweeps.bench.submit   # submitting a sweep to the local SLURM cluster (submit.py)
+python -m dpo_sweeps.bench.memory   # the GPU memory estimate against gpu.py's measurements; --presets (memory.py)
 """

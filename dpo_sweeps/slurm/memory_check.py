@@ -55,7 +55,9 @@ def _options(run: RunSettings, gpus_per_node: int) -> list[tuple[str, str, RunSe
     if run.full and not (run.fsdp and ranks > 1):
         for n in sorted({2, 4, 8, gpus_per_node, ranks} - {1}):
             if n >= ranks:
-                text = FIX_FSDP.format(n=n, gpus=gpu_request(n, gpus_per_node))
+                # training.fsdp.enabled=true on one rank has nothing to shard over: then only the GPUs are missing.
+                template = FIX_MORE_GPUS if run.fsdp else FIX_FSDP
+                text = template.format(n=n, gpus=gpu_request(n, gpus_per_node))
                 out.append(("fsdp", text, replace(run, fsdp=True, world_size=n)))
     elif run.fsdp and ranks > 1:
         for n in (2 * ranks, 4 * ranks, 8 * ranks):

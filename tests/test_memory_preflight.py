@@ -163,3 +163,27 @@ def test_a_points_settings_as_the_job_will_run_them():
     assert gemma.eager_attention
     unbounded, why = run_settings(compose_config(["model=qwen1_5b", "dataset.max_length=null"]), world_size=1)
     assert unbounded is None and "dataset.max_length=null" in why
+
+
+def test_points_share_an_estimate_unless_a_setting_that_matters_differs():
+    from dpo_sweeps.slurm.memory_check import SweepMemory
+    from tests.helpers import compose_config
+
+    memory = SweepMemory({"_target_": "x.SlurmLauncher", "gpus_per_node": 1, "tasks_per_node": 1, "gpu_mem_gb": 20})
+    for number, overrides in enumerate(
+        [
+            ["experiment=qwen_dpo", "beta=0.1"],
+            ["experiment=qwen_dpo", "beta=0.3", "training.learning_rate=1e-6"],
+            ["experiment=qwen_dpo", "training.per_device_train_batch_size=16"],
+            ["experiment=qwen_dpo", "training.use_cpu=true"],
+        ]
+    ):
+        memory.add(number, overrides, compose_config(overrides))
+    assert [g.points for g in memory.groups.values()] == [[0, 1], [2]]
+    assert memory.skipped == {"CPU job: no GPU memory to check": [3]}
+    lines = memory.lines()
+    assert "GPUs of 20 GiB (hydra.launcher.gpu_mem_gb)" in lines[0]
+    assert "points #0, #1" in lines[1] and lines[1].endswith("GiB to spare)")
+    # 16 pairs of 1024 tokens do not fit 20 GiB (21.2 estimated): the problem names that configuration's points.
+    (problem,) = memory.problems()
+    assert problem.startswith("point #2 [experiment=qwen_dpo training.per_device_train_batch_size=16]")

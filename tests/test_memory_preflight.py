@@ -187,3 +187,17 @@ def test_points_share_an_estimate_unless_a_setting_that_matters_differs():
     # 16 pairs of 1024 tokens do not fit 20 GiB (21.2 estimated): the problem names that configuration's points.
     (problem,) = memory.problems()
     assert problem.startswith("point #2 [experiment=qwen_dpo training.per_device_train_batch_size=16]")
+
+
+def test_gpu_mem_gb_is_for_the_check_only_and_never_reaches_sbatch(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.dpo_sweeps_launcher.slurm import SlurmLauncher
+    from tests.helpers import compose_config
+
+    launcher = compose_config(["hydra/launcher=slurm", "hydra.launcher.gpu_mem_gb=80"], return_hydra_config=True)
+    params = OmegaConf.to_container(launcher.hydra.launcher, resolve=False)
+    params.update(submitit_folder=str(tmp_path), max_num_timeout=3)
+    params.pop("_target_")
+    executor = SlurmLauncher(**params)._executor()  # submitit refuses a parameter it does not know
+    assert executor.parameters["gpus_per_node"] == 1 and not any("gpu_mem" in k for k in executor.parameters)

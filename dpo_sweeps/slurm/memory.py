@@ -243,7 +243,7 @@ class Estimate:
 
     def summary(self) -> str:
         """One line: the total, the parts that coincide at the peak, the phase, the overhead."""
-        parts = " + ".join(f"{name} {gib:.1f}" for name, gib in self.parts())
+        parts = " + ".join(f"{name} {gib:.1f}" for name, gib in self.parts() if gib >= 0.05)
         nccl = ", NCCL" if self.world_size > 1 else ""
         return (
             f"{self.total / GIB:.1f} GiB per GPU = {parts} (peak: {self.peak_phase}) + overhead {self.overhead / GIB:.1f}"

@@ -121,7 +121,8 @@ def _probe(env: dict[str, str]) -> str | None:
     """None if the cluster answers and its node can run jobs, else why not."""
     try:
         out = subprocess.run(
-            ["sinfo", "-h", "-N", "-n", "localhost", "-o", "%T"],
+            # Every node, whatever its name: `localhost` on the one-node cluster, n1..nN with `make slurm-up NODES=N`.
+            ["sinfo", "-h", "-N", "-o", "%T"],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -134,8 +135,9 @@ def _probe(env: dict[str, str]) -> str | None:
     states = out.stdout.split()
     if out.returncode != 0 or not states:
         return f"sinfo failed: {(out.stderr or out.stdout).strip()}"
-    if not states[0].startswith(("idle", "mixed", "alloc", "completing")):
-        return f"the node is {states[0]}"
+    down = [s for s in states if not s.startswith(("idle", "mixed", "alloc", "completing"))]
+    if down:
+        return f"a node is {down[0]}"
     try:
         acct = subprocess.run(
             ["sacct", "-n", "-X", "-o", "JobID"], env={**os.environ, **env}, capture_output=True, text=True, timeout=15

@@ -122,12 +122,14 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_
 
 
 def test_high_partition_preempts_low_and_the_low_job_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    cpus = int(slurm_cluster.run("sinfo", "-h", "-N", "-n", "localhost", "-o", "%c").stdout.split()[0])
+    node, cpus = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N %c").stdout.split()[:2]
     workdir = tmp_path / "work"
     workdir.mkdir()
-    # Both jobs want the whole node, so the high-priority one can only start by preempting the low one.
-    low = submitit_executor(tmp_path / "low", partition="low", cpus_per_task=cpus)
-    high = submitit_executor(tmp_path / "high", partition="high", cpus_per_task=cpus)
+    # Both jobs want the whole of the same node (the first, on a cluster of several), so the high-priority one can
+    # only start by preempting the low one.
+    pin = {"additional_parameters": {"nodelist": node}}
+    low = submitit_executor(tmp_path / "low", partition="low", cpus_per_task=int(cpus), **pin)
+    high = submitit_executor(tmp_path / "high", partition="high", cpus_per_task=int(cpus), **pin)
     low_job = low.submit(CountUntilPreempted(str(workdir)))
     slurm_cluster.wait_for_state(low_job.job_id, "RUNNING", timeout=30)
     _wait_for_file(workdir / "started_0", timeout=30)

@@ -44,6 +44,18 @@ def test_the_default_slurm_profile_fits_a_gpu_partition_and_not_the_local_cluste
     assert check_launcher(_launcher("slurm_local"), parse_sinfo(LOCAL)) == []
 
 
+def test_too_many_one_cpu_tasks_for_a_node_asks_for_fewer_tasks_not_fewer_cpus():
+    # Two ranks of one CPU each on nodes of one CPU (the two-node local cluster): fewer CPUs per task cannot help.
+    one_cpu_nodes = LOCAL.replace("|2|", "|1|")
+    problems = check_launcher(
+        _launcher("slurm_local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1"),
+        parse_sinfo(one_cpu_nodes),
+    )
+    assert len(problems) == 1, problems
+    assert "Set hydra.launcher.tasks_per_node=1 (or fewer)" in problems[0] and "hydra.launcher.nodes" in problems[0]
+    assert "cpus_per_task=0" not in problems[0]
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -230,11 +230,17 @@ def check_launcher(launcher: dict[str, Any], cluster: Cluster) -> list[str]:
     cpus_per_task = launcher.get("cpus_per_task")
     have_cpus = max(g.cpus for g in groups)
     if cpus_per_task and cpus_per_task * tasks > have_cpus:
-        fit = max(have_cpus // tasks, 1)
+        fit = have_cpus // tasks
+        # With one CPU per task already, fewer CPUs per task cannot help: fewer tasks per node (more nodes) can.
+        fix = (
+            f"Set hydra.launcher.cpus_per_task={fit} (or fewer)."
+            if fit >= 1
+            else f"Set hydra.launcher.tasks_per_node={have_cpus // cpus_per_task} (or fewer) and spread the ranks over "
+            "more nodes with hydra.launcher.nodes."
+        )
         problems.append(
             f"hydra.launcher.cpus_per_task={cpus_per_task}: with tasks_per_node={tasks} that is "
-            f"{cpus_per_task * tasks} CPUs per node, but the nodes of {where} have at most {have_cpus}. "
-            f"Set hydra.launcher.cpus_per_task={fit} (or fewer)."
+            f"{cpus_per_task * tasks} CPUs per node, but the nodes of {where} have at most {have_cpus}. {fix}"
         )
     elif tasks > have_cpus:
         problems.append(

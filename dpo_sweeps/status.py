@@ -29,13 +29,16 @@ from dpo_sweeps.slurm import client
 
 PENDING, QUEUED, RUNNING, REQUEUED = "pending", client.QUEUED, run_folder.RUNNING, run_folder.REQUEUED
 COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, client.CANCELLED
+# A search trial its pruner stopped early: finished, like completed (not a failure).
+PRUNED = run_folder.PRUNED
+FINAL = (COMPLETED, FAILED, CANCELLED, PRUNED)
 # Table order: what needs a person's attention first.
-STATE_ORDER = (FAILED, CANCELLED, RUNNING, REQUEUED, QUEUED, PENDING, COMPLETED)
+STATE_ORDER = (FAILED, CANCELLED, RUNNING, REQUEUED, QUEUED, PENDING, COMPLETED, PRUNED)
 ACTIVE = frozenset({PENDING, QUEUED, RUNNING, REQUEUED})
 
 EXIT_ALL_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_IN_PROGRESS = 0, 1, 2, 3
 EXIT_CODES_HELP = f"""exit status:
-  {EXIT_ALL_COMPLETED}  every point completed
+  {EXIT_ALL_COMPLETED}  every point completed (or, in a search, was pruned)
   {EXIT_FAILED}  at least one point failed or was cancelled (whatever the others are doing)
   {EXIT_USAGE}  usage error: no such folder, or no sweep points in it
   {EXIT_IN_PROGRESS}  nothing failed so far, but points are still pending, queued, running or requeued
@@ -61,6 +64,7 @@ class PointStatus:
     attempts: int | None = None
     job_id: str | None = None
     reason: str | None = None
+    trial: int | None = None  # the search's trial number (hparams_search), else None
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -92,10 +96,19 @@ def read_point(run_dir: Path, now: float) -> PointStatus:
         attempts=status.get("attempts"),
         job_id=job_id,
         reason=status.get("error"),
+        trial=(status.get("trial") or {}).get("number"),
     )
+    if state == PRUNED:
+        pruned = status.get("pruned") or {}
+        point.step = pruned.get("step", point.step)
+        point.reason = f"pruned at step {pruned.get('step')} ({pruned.get('metric')}={_short(pruned.get('value'))})"
     if state == RUNNING:
         point.eta_s = reading.eta_seconds(progress, now)
     return point
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 # ------------------------------------------------------------------------------------------------------------ SLURM
@@ -133,7 +146,7 @@ def merge_slurm(point: PointStatus, slurm_state: str | None, slurm_reason: str =
     """Combine what the run folder says with SLURM's state of the point's task (`client.point_state`). The run folder
     wins once it holds a final state; SLURM tells a queued point from a pending one, and a task that died without
     recording its end."""
-    if point.state in (COMPLETED, FAILED, CANCELLED) or slurm_state is None:
+    if point.state in FINAL or slurm_state is None:
         return point
     state = client.point_state(slurm_state, ran_before=point.state != PENDING)
     if state in (QUEUED, REQUEUED):
@@ -167,7 +180,7 @@ def collect(
     if not query_slurm and task_states is None:
         return points
     # Only points without a final state need SLURM's word.
-    open_points = [p for p in points if p.job_id and p.state not in (COMPLETED, FAILED, CANCELLED)]
+    open_points = [p for p in points if p.job_id and p.state not in FINAL]
     if not open_points:
         return points
     queue = task_states
@@ -199,7 +212,7 @@ def exit_code(points: list[PointStatus]) -> int:
 def _cells(p: PointStatus) -> list[str]:
     step = "-" if p.step is None else (f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step))
     return [
-        p.name,
+        p.name if p.trial is None else f"#{p.trial} {p.name}",
         p.state,
         step,
         "-" if p.loss is None else f"{p.loss:.4f}",

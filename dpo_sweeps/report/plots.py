@@ -6,6 +6,7 @@ matplotlib is imported inside `write_plots` only: the rest of the report runs wi
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from dpo_sweeps.report import seeds
 from dpo_sweeps.report.points import (
     CURVE_PANELS,
     CURVES_PNG,
+    PARETO_CSV,
     PLOTS_MANIFEST,
     VS_PANELS,
     is_numeric_param,
@@ -56,7 +58,7 @@ def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[
 
     for entry in [
         _plot_curves(plt, plots_dir, points, swept),
-        seeds.plot_frontier(plt, plots_dir, points, swept),
+        seeds.plot_frontier(plt, plots_dir, points, swept, pareto=_pareto_points(plots_dir.parent)),
         *seeds.plot_means_vs_param(plt, plots_dir, points, swept, metric),
     ]:
         if entry is None:
@@ -70,6 +72,15 @@ def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[
     manifest = {"figures": figures, "skipped": skipped}
     run_folder.write_json_atomic(plots_dir / PLOTS_MANIFEST, manifest)
     return written, manifest
+
+
+def _pareto_points(sweep_dir: Path) -> set[str] | None:
+    """The point folders a multi-objective search found Pareto-optimal (its pareto_front.csv), None without one."""
+    path = sweep_dir / PARETO_CSV
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        return {row["point"] for row in csv.DictReader(f) if row.get("point")}
 
 
 def _remove_previous_plots(plots_dir: Path) -> None:

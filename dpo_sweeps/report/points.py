@@ -23,6 +23,8 @@ SUMMARY_MD = "summary.md"
 PLOTS_DIR = "plots"
 PLOTS_MANIFEST = "plots.json"
 CURVES_PNG = "curves.png"
+# Written by a multi-objective search (dpo_sweeps/search/study.py): its non-dominated trials.
+PARETO_CSV = "pareto_front.csv"
 
 # Final metrics shown for every point (metrics.json keys), with their short markdown headers.
 METRIC_COLUMNS = {
@@ -52,7 +54,13 @@ CURVE_PANELS = (
 # Panels of metric_vs_<param>.png; the objective metric is added when it is not one of these.
 VS_PANELS = (("eval_rewards/accuracies", "eval reward accuracy"), ("eval_rewards/margins", "eval reward margin"))
 # Order of points without the target metric: unfinished first, then the broken ones.
-STATE_ORDER = {run_folder.RUNNING: 0, run_folder.REQUEUED: 1, run_folder.COMPLETED: 2, run_folder.FAILED: 3}
+STATE_ORDER = {
+    run_folder.RUNNING: 0,
+    run_folder.REQUEUED: 1,
+    run_folder.COMPLETED: 2,
+    run_folder.PRUNED: 3,
+    run_folder.FAILED: 4,
+}
 
 
 class EmptySweepError(ValueError):
@@ -119,7 +127,7 @@ def sort_points(points: list[RunRecord], metric: str, mode: str) -> list[RunReco
     ranked = [p for p in points if finite(p.value(metric))]
     ranked.sort(key=lambda p: (-p.value(metric) if mode == "max" else p.value(metric), p.name))
     rest = [p for p in points if not finite(p.value(metric))]
-    rest.sort(key=lambda p: (STATE_ORDER.get(p.state, 4), p.name))
+    rest.sort(key=lambda p: (STATE_ORDER.get(p.state, 5), p.name))
     return ranked + rest
 
 
@@ -129,6 +137,9 @@ def missing_reason(point: RunRecord, metric: str) -> str:
         return f"{metric} is {value}"
     if point.state in (run_folder.RUNNING, run_folder.REQUEUED):
         return ""  # the status column already says why
+    if point.state == run_folder.PRUNED:  # a search's pruner stopped it: where, and on what value
+        pruned = point.status.get("pruned") or {}
+        return f"pruned at step {pruned.get('step')} ({pruned.get('metric')}={fmt(number(pruned.get('value')))})"
     if point.metrics and metric not in point.metrics:
         return f"no {metric} in metrics.json"
     return ""
@@ -173,7 +184,7 @@ def state_counts(points: list[RunRecord]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in points:
         counts[p.state] = counts.get(p.state, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 4)))
+    return dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 5)))
 
 
 def value_order(value: str) -> tuple[int, float, str]:

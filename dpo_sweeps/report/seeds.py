@@ -134,8 +134,11 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def plot_frontier(plt, plots_dir: Path, points: list[RunRecord], swept: list[str]) -> dict[str, Any] | None:
+def plot_frontier(
+    plt, plots_dir: Path, points: list[RunRecord], swept: list[str], pareto: set[str] | None = None
+) -> dict[str, Any] | None:
     """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary.
+    `pareto`: the point folders a multi-objective search found Pareto-optimal (ringed, listed in the manifest).
     None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
     if not any(k.startswith("gen/") for p in points for k in p.metrics):
         return None
@@ -154,6 +157,18 @@ def plot_frontier(plt, plots_dir: Path, points: list[RunRecord], swept: list[str
         ax.scatter(
             [x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45 if with_seeds else 0.9, label="sweep points"
         )
+        front = [(x, y) for x, y, p in xy if pareto and p.name in pareto]
+        if front:
+            ax.scatter(
+                [x for x, _ in front],
+                [y for _, y in front],
+                s=160,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.5,
+                label="Pareto-optimal (search)",
+            )
+            panel["pareto"] = sorted(p.name for _, _, p in xy if p.name in pareto)
         for x, y, p in xy:
             if not with_seeds:
                 ax.annotate(
@@ -171,7 +186,7 @@ def plot_frontier(plt, plots_dir: Path, points: list[RunRecord], swept: list[str
         ax.set_ylabel(key)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        if groups:
+        if groups or front:
             ax.legend(fontsize="x-small")
         entry["panels"].append(panel)
     fig.suptitle("reward-KL frontier: what the answers gained against how far the policy moved")

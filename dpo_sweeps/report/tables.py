@@ -92,7 +92,7 @@ def markdown_report(sweep_dir: Path, points: list[RunRecord], metric: str, mode:
         cells = [
             str(rank) if ranked else "-",
             *[p.overrides.get(k, "-") for k in swept],
-            f"**{p.state}**" if p.state != run_folder.COMPLETED else p.state,
+            f"**{p.state}**" if p.state not in (run_folder.COMPLETED, run_folder.PRUNED) else p.state,
             *values,
             f"[{p.name}]({p.name}/)",
             "; ".join(notes),

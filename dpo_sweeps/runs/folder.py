@@ -1,7 +1,7 @@
 """The run folder: what every sweep point leaves on disk, independent of W&B.
 
     config.yaml      the resolved config (no ${...} left)
-    status.json      state (running/completed/failed/requeued), times, host, overrides, SLURM ids, error + traceback
+    status.json      state (running/completed/failed/requeued/pruned), times, host, overrides, SLURM ids, error + traceback
     metrics.jsonl    one JSON object per logged step (train and eval), appended as training goes
     progress.json    while training: step / max_steps, last loss and reward accuracy, times (for `dpo_sweeps.status`)
     metrics.json     the final metrics: eval_* (after training), initial_eval_* (before), train_*, data/*, ref_cache
@@ -35,6 +35,8 @@ SWEEP_POINTS_FILE = "sweep_points.json"
 MODEL_CARD_FILE = "README.md"
 
 RUNNING, COMPLETED, FAILED, REQUEUED = "running", "completed", "failed", "requeued"
+# A search trial its pruner stopped early (dpo_sweeps/search_optuna/): finished, not an error.
+PRUNED = "pruned"
 
 
 def now_iso() -> str:

@@ -55,7 +55,7 @@ def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, deta
     )
     if point is not None:
         status = run_folder.read_status(point["run_dir"]) or {}
-        if status.get("state") != run_folder.COMPLETED:
+        if status.get("state") not in (run_folder.COMPLETED, run_folder.PRUNED):  # finished: not dead
             run_folder.update_status(
                 point["run_dir"],
                 state=run_folder.FAILED,

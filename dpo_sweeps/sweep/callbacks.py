@@ -23,7 +23,9 @@ from dpo_sweeps.tracking.sweep_summary import log_sweep_summary
 log = logging.getLogger(__name__)
 
 # Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
-ORDER = (run_folder.COMPLETED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
+ORDER = (run_folder.COMPLETED, run_folder.PRUNED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
+# Finished, and not an error: a trial stopped by the search's pruner did what it was asked.
+DONE = (run_folder.COMPLETED, run_folder.PRUNED)
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -46,15 +48,15 @@ def format_summary(rows: list[dict]) -> str:
     for state in ORDER:
         for r in rows:
             if r["state"] == state:
-                err = f"  ({r['error']})" if r["error"] and state != run_folder.COMPLETED else ""
+                err = f"  ({r['error']})" if r["error"] and state not in DONE else ""
                 lines.append(f"  {state:<9} {r['run_dir']}{err}")
     return "\n".join(lines)
 
 
 class SweepSummary(Callback):
     """Before a multirun: validate every point (dry_run=true: print the grid, stop). After it: print
-    completed/failed/requeued points with their folders, write the sweep report, and exit non-zero if any point did
-    not complete (so a CI step or a `&&` chain notices)."""
+    completed/pruned/failed/requeued points with their folders, write the sweep report, and exit non-zero if any point
+    did not complete or get pruned (so a CI step or a `&&` chain notices)."""
 
     def __init__(self) -> None:
         # The submitting process's state: the pre-launch check's result, which the SLURM launcher finds here
@@ -108,7 +110,7 @@ class SweepSummary(Callback):
             except Exception as exc:  # W&B trouble must not fail a finished sweep either
                 log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)
 
-        not_done = [r for r in rows if r["state"] != run_folder.COMPLETED]
+        not_done = [r for r in rows if r["state"] not in DONE]
         if not_done:
             # Hydra lets SystemExit through: the command's exit status is 1.
             raise SystemExit(1)

@@ -15,6 +15,7 @@ from dpo_sweeps.status import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    PRUNED,
     REQUEUED,
     RUNNING,
     SLURM_CALL_TIMEOUT_S,
@@ -96,4 +97,6 @@ class SweepWatcher:
             return ("completed", f"in {console.duration(p.elapsed_s)}{acc}")
         if p.state in (FAILED, CANCELLED):
             return (p.state, (p.reason or "").splitlines()[0][:200] if p.reason else "")
+        if p.state == PRUNED and before is not None:  # a search trial its pruner stopped: "at step N (metric=v)"
+            return (p.state, (p.reason or "").removeprefix("pruned "))
         return None

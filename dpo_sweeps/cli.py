@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from dpo_sweeps.config import naming  # noqa: F401  (registers the folder-name resolvers)
 from dpo_sweeps.config.schema import register_schemas
 from dpo_sweeps.paths import register_path_resolvers
-from dpo_sweeps.search import objective  # noqa: F401  (registers the optuna_direction resolver)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

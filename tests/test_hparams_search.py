@@ -1,17 +1,24 @@
-"""hparams_search=dpo_optuna: Hydra's Optuna sweeper over beta, learning rate and loss type."""
+"""hparams_search=dpo_optuna / dpo_frontier: our Optuna 5 sweeper (hydra_plugins/dpo_sweeps_sweeper,
+dpo_sweeps/search/): the search space, the settings refused before any trial, a search that survives its driver,
+the Pareto front. Pruning on the local SLURM cluster: tests/test_search_slurm.py."""
 
 from __future__ import annotations
 
-import math
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
-from helpers import compose_config, read_json, run_cli, run_dirs
+from helpers import REPO, compose_config, read_json, run_cli, run_dirs
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import objective as search
-
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+from dpo_sweeps.search import settings, space, study
+from dpo_sweeps.search.compat import CategoricalDistribution, FloatDistribution, IntDistribution, TrialState
 
 # Few, short trials: the search machinery is under test, not the model.
 FAST = [
@@ -23,27 +30,119 @@ FAST = [
     "training.save_model=false",
     "training.sample_completions=0",
 ]
+NO_GEN = ["eval.gen_prompts=0"]
 
 
-def test_search_composes_with_direction_from_objective_mode():
+def _open(sweep_dir: Path, directions: int = 1):
+    return study.open_study(
+        study.journal_path(None, sweep_dir),
+        "dpo_sweeps",
+        [],
+        settings.sampler({"type": "random"}),
+        settings.pruner({"type": "none"}),
+        create=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ composing, space
+
+
+def test_presets_compose_with_our_sweeper_and_their_objectives():
     cfg = compose_config(["hparams_search=dpo_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert "optuna" in sweeper._target_ and sweeper.direction == "maximize"
+    assert sweeper._target_ == "hydra_plugins.dpo_sweeps_sweeper.search.OptunaSweeper"
     assert set(sweeper.params) == {"beta", "training.learning_rate", "loss"}
-    assert sweeper.params.beta.startswith("tag(log")
-    minimize = compose_config(["hparams_search=dpo_optuna", "objective.mode=min"], return_hydra_config=True)
-    assert minimize.hydra.sweeper.direction == "minimize"
+    assert sweeper.pruner.type == "none" and sweeper.sampler.seed == cfg.seed
+    s = settings.from_sweeper(dict(sweeper), cfg)
+    assert s.directions == ["maximize"] and settings.problems(s, cfg) == []
+
+    frontier = compose_config(
+        ["hparams_search=dpo_frontier", "model=tiny_qwen", "dataset=toy"], return_hydra_config=True
+    )
+    s = settings.from_sweeper(dict(frontier.hydra.sweeper), frontier)
+    assert [(o.metric, o.mode) for o in s.objectives] == [("gen/score_after", "max"), ("gen/kl_to_ref", "min")]
+    assert s.directions == ["maximize", "minimize"] and settings.problems(s, frontier) == []
     # Not selected: the basic sweeper, untouched.
-    assert "optuna" not in compose_config([], return_hydra_config=True).hydra.sweeper._target_
+    assert "BasicSweeper" in compose_config([], return_hydra_config=True).hydra.sweeper._target_
 
 
-def test_bad_objective_mode_is_named():
-    with pytest.raises(ValueError, match="objective.mode='best'"):
-        search.optuna_direction("best")
+def test_search_space_follows_hydra_sweep_syntax():
+    s = space.parse(
+        {"beta": "tag(log, interval(0.01, 1.0))", "loss": "choice(sigmoid, ipo)", "lora.r": "range(8, 33, 8)"},
+        ["model=tiny_qwen", "loss=ipo", "+x=range(1, 4)", "~logger", "training.learning_rate=interval(1e-4, 1e-3)"],
+    )
+    d = s.distributions
+    assert d["beta"] == FloatDistribution(0.01, 1.0, log=True)
+    assert d["lora.r"] == IntDistribution(8, 32, step=8), "Hydra's range excludes its stop: so does the search"
+    assert d["+x"] == IntDistribution(1, 3)
+    assert d["training.learning_rate"] == FloatDistribution(1e-4, 1e-3)
+    assert "loss" not in d, "a command-line value replaces the config's search entry"
+    assert s.fixed == ["model=tiny_qwen", "loss=ipo", "~logger"]
+    assert s.overrides({"beta": 0.05, "lora.r": 16, "+x": 2, "training.learning_rate": 2e-4})[:4] == [
+        "beta=0.05",
+        "lora.r=16",
+        "+x=2",
+        "training.learning_rate=0.0002",
+    ]
+    assert space.parse({}, ["loss=choice(sigmoid, 'a b')"]).distributions["loss"] == CategoricalDistribution(
+        ["sigmoid", "a b"]
+    )
+    assert space.encode("a b") == "'a b'" and space.encode(1e-05) == "1e-05"
+    with pytest.raises(space.SearchSpaceError, match="low > 0"):
+        space.parse({}, ["beta=tag(log, interval(0, 1))"])
 
 
-def test_nan_objective_stays_nan_outside_optuna():
-    assert math.isnan(search.objective_for_sweeper(math.nan, "eval_rewards/accuracies"))
+# ------------------------------------------------------------------------------------------------ refused settings
+
+
+def _problems(*overrides: str) -> list[str]:
+    cfg = compose_config(["hparams_search=dpo_optuna", *FAST, *overrides], return_hydra_config=True)
+    return settings.problems(settings.from_sweeper(dict(cfg.hydra.sweeper), cfg), cfg)
+
+
+def test_bad_settings_are_named_with_their_fix():
+    (p,) = _problems("hydra.sweeper.pruner.type=asha")
+    assert "hydra.sweeper.pruner.type='asha'" in p and "successive_halving" in p
+    (p,) = _problems("hydra.sweeper.pruner.type=successive_halving", "hydra.sweeper.pruner.n_warmup_steps=3")
+    assert "pruner.n_warmup_steps=3 is a setting of median" in p
+    (p,) = _problems("objective.metric=eval_reward/accuracies")
+    assert "objective.metric='eval_reward/accuracies' is never logged" in p and "eval_rewards/accuracies" in p
+    (p,) = _problems("hydra.sweeper.pruner.type=median")
+    assert "training.eval_steps is null" in p
+    (p,) = _problems("hydra.sweeper.pruner.type=median", "training.eval_steps=5", "objective.metric=gen/kl_to_ref")
+    assert "measured once, after training" in p
+    (p,) = _problems("objective.metric=gen/score_after", "eval.gen_prompts=0")
+    assert "eval.gen_prompts=0" in p
+    assert _problems("hydra.sweeper.pruner.type=hyperband", "training.eval_steps=5") == []
+
+
+def test_bad_settings_are_refused_before_any_trial_runs(tmp_path):
+    """Through the CLI: a multi-objective study with a pruner and an unknown metric; one message, all problems, no
+    traceback, nothing run (no run folder, no journal)."""
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=dpo_frontier",
+            *FAST,
+            "hydra.sweeper.pruner.type=median",
+            "training.eval_steps=5",
+            "objective.extra=[{metric: gen/kl_to_reff, mode: min}]",
+            f"hydra.sweep.dir={tmp_path / 'search'}",
+        ],
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Optuna prunes single-objective studies only" in proc.stderr
+    assert "hydra.sweeper.pruner.type=none" in proc.stderr
+    assert "objective.extra[0].metric='gen/kl_to_reff' is never logged" in proc.stderr
+    assert "did you mean 'gen/kl_to_ref'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    search = tmp_path / "search"
+    assert not search.exists() or not list(search.glob("*/status.json")) and not (search / study.JOURNAL_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------ end to end
 
 
 @pytest.mark.slow
@@ -54,9 +153,12 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
             "-m",
             "hparams_search=dpo_optuna",
             *FAST,
+            *NO_GEN,
             "hydra.sweeper.n_trials=3",
             # A range where the tiny model learns within 10 steps.
             "training.learning_rate=tag(log, interval(1e-3, 1e-2))",
+            # Not saturated at 10 steps (reward accuracy is 1.0 for nearly every trial): a best trial to find.
+            "objective.metric=eval_rewards/margins",
             f"hydra.sweep.dir={sweep_dir}",
         ]
     )
@@ -64,42 +166,167 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
     assert len(points) == 3 and len({p.name for p in points}) == 3
     objectives = []
     for point in points:
-        assert read_json(point / run_folder.STATUS_FILE)["state"] == run_folder.COMPLETED
+        status = read_json(point / run_folder.STATUS_FILE)
+        assert status["state"] == run_folder.COMPLETED and status["trial"]["number"] in (0, 1, 2)
         cfg = yaml.safe_load((point / run_folder.CONFIG_FILE).read_text())
         assert 0.01 <= cfg["beta"] <= 1.0 and 1e-3 <= cfg["training"]["learning_rate"] <= 1e-2
         assert cfg["loss"]["type"] in {"sigmoid", "ipo", "hinge"}
-        metrics = read_json(point / run_folder.METRICS_FILE)
-        assert metrics["objective_metric"] == "eval_rewards/accuracies"
-        objectives.append(metrics["objective_value"])
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["best_value"] == max(objectives)
-    # The reported best parameters are those of a trial that reached the best value (ties are common here).
+        objectives.append(read_json(point / run_folder.METRICS_FILE)["eval_rewards/margins"])
+    results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
+    assert results["best_value"] == max(objectives) and results["trials_by_state"] == {"complete": 3}
     best = [p for p in points if f"beta={results['best_params']['beta']}," in p.name]
     assert len(best) == 1 and objectives[points.index(best[0])] == max(objectives)
+    stored = _open(sweep_dir).get_trials()
+    assert [t.state for t in stored] == [TrialState.COMPLETE] * 3
+    assert {Path(t.user_attrs["run_dir"]).name for t in stored} == {p.name for p in points}
 
 
 @pytest.mark.slow
 def test_a_failed_trial_does_not_end_the_search(tmp_path):
-    """One trial fails validation (beta=-1): Optuna records it as failed and the search completes with the other;
-    like any sweep with a failed point, the command then exits 1 after its summary."""
+    """One trial fails validation (beta=-1): the study records it as failed, the search goes on; like any sweep with
+    a failed point, the command then exits 1 after its summary."""
     sweep_dir = tmp_path / "search"
     proc = run_cli(
         [
             "-m",
             "hparams_search=dpo_optuna",
             *FAST,
-            # The seeded TPE sampler (random for its first trials) draws both values in two trials.
+            *NO_GEN,
             "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.type=random",
+            # Seed 0: the random sampler draws both values in two trials (seed 1 draws 0.1 twice).
             "beta=choice(-1.0, 0.1)",
             "loss=sigmoid",
             "training.learning_rate=0.005",
+            "hydra.sweeper.sampler.seed=0",
             f"hydra.sweep.dir={sweep_dir}",
         ],
         check=False,
     )
-    assert proc.returncode == 1 and "Sweep summary: 1 completed, 1 failed" in proc.stdout
+    assert proc.returncode == 1 and "Sweep summary: 1 completed, 1 failed" in proc.stdout, proc.stdout[-3000:]
     states = {p.name: read_json(p / run_folder.STATUS_FILE) for p in run_dirs(sweep_dir)}
     failed = [s for name, s in states.items() if "beta=-1.0" in name]
     assert len(states) == 2 and failed[0]["state"] == run_folder.FAILED and "beta=-1.0" in failed[0]["error"]
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert results["best_params"]["beta"] == 0.1
+    results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
+    assert results["best_params"]["beta"] == 0.1 and results["trials_by_state"] == {"complete": 1, "fail": 1}
+    (fail,) = [t for t in _open(sweep_dir).get_trials() if t.state == TrialState.FAIL]
+    assert "beta=-1.0" in fail.user_attrs[study.ATTR_ERROR]
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _states(sweep_dir: Path) -> dict[str, str]:
+    if not sweep_dir.exists():
+        return {}
+    return {p.name: (read_json(p / "status.json") or {}).get("state") for p in run_dirs(sweep_dir)}
+
+
+@pytest.mark.slow
+def test_search_killed_after_two_trials_continues_its_study(tmp_path):
+    """The driver is SIGKILLed while its third trial trains (two completed). The same command again: the study goes
+    on to exactly n_trials, the two completed trials are not retrained (their folders byte-identical), and the
+    interrupted trial is launched again as the same trial into the same folder."""
+    sweep_dir = tmp_path / "search"
+    args = [
+        "-m",
+        "hparams_search=dpo_optuna",
+        *FAST,
+        *NO_GEN,
+        "hydra.sweeper.n_trials=4",
+        "training.learning_rate=tag(log, interval(1e-3, 1e-2))",
+        # Long enough that the kill lands mid-training (tiny steps take ~0.1 s), with a checkpoint to resume from.
+        "training.max_steps=60",
+        "training.save_steps=10",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dpo_sweeps", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        try:
+            while True:
+                states = _states(sweep_dir)
+                running = [sweep_dir / name for name, state in states.items() if state == "running"]
+                saved = running and list(running[0].glob("checkpoints/checkpoint-*/COMPLETE"))
+                if list(states.values()).count("completed") == 2 and saved:
+                    break
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the search never reached its third trial"
+                time.sleep(0.1)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    states = _states(sweep_dir)
+    completed = {name: _tree_digest(sweep_dir / name) for name, state in states.items() if state == "completed"}
+    (interrupted,) = [sweep_dir / name for name, state in states.items() if state == "running"]
+    assert len(completed) == 2
+
+    proc = run_cli(args, timeout=600)
+    assert "Trial 2 was interrupted" in proc.stderr + proc.stdout
+    trials = _open(sweep_dir).get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for name, digest in completed.items():
+        assert _tree_digest(sweep_dir / name) == digest, f"{name} was touched by the second run"
+    status = read_json(interrupted / "status.json")
+    assert status["state"] == "completed" and status["trial"]["number"] == 2 and status["attempts"] == 2
+    assert read_json(interrupted / "metrics.json")["resumed_from_step"] >= 10, "resumed from its checkpoint"
+    assert len(run_dirs(sweep_dir)) == 4
+
+
+def _dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
+    better = [(x > y) if m == "max" else (x < y) for x, y, m in zip(a, b, modes, strict=True)]
+    worse = [(x < y) if m == "max" else (x > y) for x, y, m in zip(a, b, modes, strict=True)]
+    return any(better) and not any(worse)
+
+
+@pytest.mark.slow
+def test_frontier_search_writes_the_pareto_front(tmp_path):
+    """dpo_frontier with the reward margin (which the tiny model moves) against the KL to the reference: every row of
+    pareto_front.csv is non-dominated among the completed trials, and every non-dominated trial is a row."""
+    sweep_dir = tmp_path / "search"
+    run_cli(
+        [
+            "-m",
+            "hparams_search=dpo_frontier",
+            *FAST,
+            "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.sampler.n_startup_trials=4",
+            "objective.metric=eval_rewards/margins",
+            "training.learning_rate=tag(log, interval(1e-4, 1e-2))",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        timeout=600,
+    )
+    metrics = ["eval_rewards/margins", "gen/kl_to_ref"]
+    modes = ["max", "min"]
+    values = {}
+    for point in run_dirs(sweep_dir):
+        m = read_json(point / run_folder.METRICS_FILE)
+        values[point.name] = [float(m[k]) for k in metrics]
+    assert len(values) == 6
+    with open(sweep_dir / study.PARETO_CSV) as f:
+        import csv
+
+        rows = list(csv.DictReader(f))
+    front = {r["point"] for r in rows}
+    for r in rows:
+        assert [float(r[k]) for k in metrics] == values[r["point"]]
+        assert r["beta"] and r["training.learning_rate"]
+    non_dominated = {
+        name for name, v in values.items() if not any(_dominates(w, v, modes) for o, w in values.items() if o != name)
+    }
+    assert front == non_dominated and front
+    results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
+    assert len(results["solutions"]) == len(rows)
+    manifest = read_json(sweep_dir / "plots" / "plots.json")
+    (frontier,) = [f for f in manifest["figures"] if f["kind"] == "frontier"]
+    assert set(frontier["panels"][0]["pareto"]) == front

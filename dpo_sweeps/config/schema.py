@@ -229,11 +229,20 @@ class LoggerConfig:
 
 
 @dataclass
+class ObjectiveTerm:
+    metric: str = MISSING
+    mode: str = "max"
+
+
+@dataclass
 class ObjectiveConfig:
     # The metrics.json key a sweeper optimises and the report sorts by.
     metric: str = "eval_rewards/accuracies"
     # max or min.
     mode: str = "max"
+    # Further objectives of a multi-objective search (hparams_search=dpo_frontier): the search finds the Pareto front
+    # of `metric` and these, e.g. [{metric: gen/kl_to_ref, mode: min}].
+    extra: list[ObjectiveTerm] = field(default_factory=list)
 
 
 @dataclass

@@ -35,7 +35,7 @@ SWEEP_POINTS_FILE = "sweep_points.json"
 MODEL_CARD_FILE = "README.md"
 
 RUNNING, COMPLETED, FAILED, REQUEUED = "running", "completed", "failed", "requeued"
-# A search trial its pruner stopped early (dpo_sweeps/search_optuna/): finished, not an error.
+# A search trial its pruner stopped early (dpo_sweeps/search/): finished, not an error.
 PRUNED = "pruned"
 
 

@@ -4,6 +4,6 @@ sinfo check), the site's limits (`site`), the split into arrays (`plan`), the pr
 sacct / scontrol with the one map from SLURM states to a point's (`client`), and the wait for results, dead tasks
 included (`watch`).
 
-Import-light: no submitit at import. May import `runs`, `search` and `config` (folder names); the sweep stage and
+Import-light: no submitit at import. May import `runs` and `config` (folder names); the sweep stage and
 `status` import it, never the other way round.
 """

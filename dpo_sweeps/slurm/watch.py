@@ -21,7 +21,6 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import objective as search
 from dpo_sweeps.slurm import client
 
 log = logging.getLogger(__name__)
@@ -35,10 +34,9 @@ GONE = client.GONE
 
 
 def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
-    """What the sweeper gets for a point without a result: NaN for Hydra's basic sweeper (which aborts the whole sweep
-    on an exception, see sweep/job.py), an exception for the Optuna sweeper (a failed trial)."""
-    if search.sweeper_takes_exceptions():
-        return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=search.TrialFailed(error))
+    """What the sweeper gets for a point without a result: NaN, not an exception (Hydra's basic sweeper aborts the
+    whole sweep on one, see sweep/job.py). The point's status.json says failed and why (`mark_dead`): the search's driver
+    reads that."""
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
 
 

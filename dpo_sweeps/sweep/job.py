@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_sweeps import console
 from dpo_sweeps.config.validation import validate
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import objective as search
+from dpo_sweeps.search import trial as trial_job
 from dpo_sweeps.tracking import wandb_run as tracking
 from dpo_sweeps.train import cluster
 
@@ -62,6 +62,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
     dist = cluster.setup_distributed()
     update_status = run_folder.update_status if cluster.is_main_process() else (lambda *a, **k: {})
     cluster.install_preemption_handler(run_dir, cfg.resume.max_requeues)
+    # A search trial (the search driver put its identity in the environment): its number goes into status.json.
+    trial_job.from_environment(run_dir, cfg.objective.metric)
 
     status = run_folder.read_status(run_dir) or {}
     if status.get("state") == run_folder.COMPLETED:
@@ -69,7 +71,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
             log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
             _announce(multirun, hydra_cfg, run_dir, "skipped", "(already completed; rerun=true trains it again)")
             metrics = run_folder.read_json(run_dir / run_folder.METRICS_FILE)
-            return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)
+            return _objective(metrics)
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}
 
@@ -88,6 +90,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         attempts=status.get("attempts", 0) + 1,
         error=None,
         traceback=None,
+        **trial_job.status_fields(),
     )
     _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1})")
     started = time.time()
@@ -103,6 +106,12 @@ def run_sweep_point(cfg: DictConfig) -> float:
             from dpo_sweeps.report.model_card import write_model_card
 
             write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
+    except trial_job.TrialPruned as pruned:  # the search's pruner stopped it: finished, not an error
+        if cluster.is_main_process():
+            trial_job.record_pruned(run_dir, pruned, update_status)
+        step, value = pruned.metrics.get("pruned_at_step"), pruned.metrics.get("pruned_value")
+        _announce(multirun, hydra_cfg, run_dir, "pruned", f"at step {step} ({cfg.objective.metric}={value:.4g})")
+        return math.nan
     except Exception as exc:
         tracking.finish_active(exit_code=1)
         update_status(
@@ -116,8 +125,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         message = None if multirun else console.user_error_message(exc, run_dir)
         if message:  # the user's config or data: the problem list is the whole story, a traceback only hides it
             raise SystemExit(message) from None
-        # Optuna's sweeper records a raising job as a failed trial; NaN would end the search (see search/objective.py).
-        if not multirun or search.sweeper_takes_exceptions():
+        if not multirun:
             raise
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
         return math.nan
@@ -125,4 +133,4 @@ def run_sweep_point(cfg: DictConfig) -> float:
     acc = metrics.get("eval_rewards/accuracies")
     result = f", eval reward acc {acc:.3f}" if isinstance(acc, int | float) else ""
     _announce(multirun, hydra_cfg, run_dir, "completed", f"in {console.duration(time.time() - started)}{result}")
-    return search.objective_for_sweeper(_objective(metrics), cfg.objective.metric)
+    return _objective(metrics)

@@ -22,6 +22,7 @@ from dpo_sweeps.config import fsdp
 from dpo_sweeps.data import load_preference_data
 from dpo_sweeps.models.loading import LoadedModels, load_models, resolve_dtype
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import trial as trial_job
 from dpo_sweeps.tracking import wandb_run as tracking
 from dpo_sweeps.train import checkpoints, cluster, progress
 from dpo_sweeps.train.precision import precision_flags
@@ -200,6 +201,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             HistoryCallback(run_dir),
             NonFiniteLossGuard(),
             *cluster.training_callbacks(cfg.training.save_total_limit),
+            # A search trial with a pruner: report the objective at each evaluation, stop when pruned.
+            *trial_job.training_callbacks(),
         ],
     )
     trainer, models, data, ref_info = built.trainer, built.models, built.data, built.ref_info
@@ -237,6 +240,12 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         gen_eval.run_before(trainer.model, models.reference)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     cluster.after_train()  # stopped for a preemption: requeue now (does not return)
+    if trial_job.was_pruned():  # stopped by the search's pruner: keep what it has, skip the final evaluations
+        metrics.update({**train_result.metrics, "global_step": trainer.state.global_step, **trial_job.pruned_metrics()})
+        metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
+        tracker.finish({**metrics, **trial_job.wandb_summary("pruned")})
+        metrics["tracking"] = tracker.info()
+        raise trial_job.TrialPruned(metrics)
     metrics.update({k: v for k, v in train_result.metrics.items()})
     metrics["global_step"] = trainer.state.global_step
     metrics.update(_eval_metrics(trainer, "eval"))
@@ -256,6 +265,6 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["runtime_s"] = round(time.time() - started, 3)
     metrics["objective_metric"] = cfg.objective.metric
     metrics["objective_value"] = metrics.get(cfg.objective.metric)
-    tracker.finish(metrics)
+    tracker.finish({**metrics, **trial_job.wandb_summary("complete")})
     metrics["tracking"] = tracker.info()
     return metrics

@@ -1,0 +1,274 @@
+"""The search driver: ask Optuna for a batch of `n_jobs` trials, launch them as one batch of sweep points with the
+configured launcher (`self.launcher.launch(overrides, initial_job_idx)`: one SLURM array with ours), read each trial's
+outcome from its run folder, tell the study; until the study holds `n_trials` trials.
+
+Started again after it died (same command, same sweep folder), it continues the stored study instead of replaying it:
+- trials told before (complete, pruned, failed) are kept and never launched again: their folders stay untouched;
+- a trial it had asked for but not told yet is settled from its run folder when the job got to record its end (a
+  SLURM job may well have finished after its driver died), else launched again with the same overrides and trial id,
+  so the job resumes from the run folder's last checkpoint and reports into the same trial;
+- new trials are asked for until the study holds `n_trials` in total.
+
+A trial whose parameters equal an earlier trial's lands in the same run folder (folders are named by overrides): when
+that folder is complete the trial is told its values without training again; two such trials in one batch train once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from dpo_sweeps.config import naming
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import settings as settings_mod
+from dpo_sweeps.search import space as space_mod
+from dpo_sweeps.search import study as study_mod
+from dpo_sweeps.search.compat import Trial, TrialState
+from dpo_sweeps.search.trial import ENV_TRIAL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    trial: Trial
+    overrides: list[str]  # the point's overrides (what names its folder)
+    run_dir: Path
+    point_dir: str  # the run folder as sweep_points.json records it (relative to where the search started)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def launch_overrides(self) -> list[str]:
+        """The overrides plus the trial's number for the job (a hydra.* override: not part of the folder name)."""
+        return [*self.overrides, f"++hydra.job.env_set.{ENV_TRIAL}={self.number}"]
+
+
+def _exit(message: str) -> SystemExit:
+    # Hydra lets SystemExit through: the message, no traceback, exit status 1.
+    return SystemExit(f"Error: {message}")
+
+
+class OptunaSearch:
+    """What `hydra_plugins.dpo_sweeps_sweeper.search.OptunaSweeper` runs."""
+
+    def __init__(self, **sweeper: Any):
+        unknown = sorted(set(sweeper) - set(settings_mod.SWEEPER_KEYS))
+        if unknown:
+            raise _exit(
+                f"hydra.sweeper.{unknown[0]} is not a setting of the search (it takes "
+                f"{', '.join(settings_mod.SWEEPER_KEYS)}; the directions come from objective.mode / objective.extra)."
+            )
+        self.sweeper = sweeper
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.settings = settings_mod.from_sweeper(self.sweeper, config)
+        problems = settings_mod.problems(self.settings, config)
+        if problems:
+            raise _exit(str(settings_mod.SweeperSettingsError(problems)))
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    # ---------------------------------------------------------------------------------------------- the loop
+
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        s = self.settings
+        try:
+            self.space = space_mod.parse(s.params, arguments)
+        except (space_mod.SearchSpaceError, ValueError) as exc:
+            raise _exit(f"hydra.sweeper.params / the command line: {exc}") from None
+        if not self.space.distributions:
+            raise _exit(
+                "the search has nothing to search: no choice(...), range(...) or interval(...) in hydra.sweeper.params "
+                "or on the command line. For a grid, leave hparams_search out: `beta=0.1,0.3 -m`."
+            )
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = study_mod.journal_path(s.storage, self.sweep_dir)
+        try:
+            self.study = study_mod.open_study(
+                self.journal,
+                s.study_name,
+                s.directions,
+                settings_mod.sampler(s.sampler),
+                settings_mod.pruner(s.pruner),
+            )
+        except study_mod.StudyMismatchError as exc:
+            raise _exit(str(exc)) from None
+        stored = self.study.get_trials(deepcopy=False)
+        if stored and s.sampler.get("seed") is not None:
+            # A continued study must not replay: the seeded sampler, started afresh, would propose this run's first
+            # trials all over again (its random start-up draws). Seeded by the trials already stored, it stays
+            # reproducible and proposes new ones.
+            self.study.sampler = settings_mod.sampler({**s.sampler, "seed": int(s.sampler["seed"]) + len(stored)})
+        log.info(
+            "Search: study %r in %s (%s; pruner %s): %d of %d trial(s) stored, %d at a time",
+            s.study_name,
+            self.journal,
+            ", ".join(f"{o.mode} {o.metric}" for o in s.objectives),
+            s.pruner.get("type") or "none",
+            len(stored),
+            s.n_trials,
+            s.n_jobs,
+        )
+        ignored = settings_mod.ignored_sampler_settings(s.sampler)
+        if ignored:
+            log.warning(
+                "hydra.sweeper.sampler.type=%s ignores %s (settings of another sampler).",
+                s.sampler.get("type") or "tpe",
+                ", ".join(ignored),
+            )
+        pending = self._reconcile(stored)
+        stopped = False
+        while not stopped:
+            total = len(self.study.get_trials(deepcopy=False))
+            batch = pending[: s.n_jobs]
+            pending = pending[s.n_jobs :]
+            fresh = max(0, min(s.n_jobs - len(batch), s.n_trials - total))
+            batch += [self._ask() for _ in range(fresh)]
+            if not batch:
+                break
+            stopped = self._run_batch(batch)
+        self._write_results()
+
+    def _entry(self, trial: Trial, overrides: list[str]) -> Entry:
+        name = naming.sweep_subdirname(overrides)
+        return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name))
+
+    def _ask(self) -> Entry:
+        trial = self.study.ask(self.space.distributions)
+        entry = self._entry(trial, self.space.overrides(trial.params))
+        trial.set_user_attr(study_mod.ATTR_OVERRIDES, entry.overrides)
+        trial.set_user_attr(study_mod.ATTR_RUN_DIR, str(entry.run_dir))
+        return entry
+
+    def _reconcile(self, stored: list) -> list[Entry]:
+        """Trials a previous driver asked for and never told: settle the finished ones, return the others."""
+        pending = []
+        for frozen in stored:
+            if frozen.state not in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            trial = study_mod.attach(self.study, frozen)
+            overrides = frozen.user_attrs.get(study_mod.ATTR_OVERRIDES)
+            if overrides is None:  # asked but never launched (the driver died in between): it has no folder
+                overrides = self.space.overrides({k: frozen.params[k] for k in self.space.distributions})
+                trial.set_user_attr(study_mod.ATTR_OVERRIDES, overrides)
+            entry = self._entry(trial, list(overrides))
+            trial.set_user_attr(study_mod.ATTR_RUN_DIR, str(entry.run_dir))
+            result = study_mod.outcome(entry.run_dir, self.settings.objectives)
+            mine = ((run_folder.read_status(entry.run_dir) or {}).get("trial") or {}).get("number") == frozen.number
+            if result.state is not None and (result.state == TrialState.COMPLETE or mine):
+                study_mod.tell(self.study, trial, result)
+                log.info("Trial %d: %s while no driver ran (%s)", frozen.number, result.run_state, entry.run_dir.name)
+            else:
+                log.info("Trial %d was interrupted (%s): launching it again", frozen.number, result.reason)
+                pending.append(entry)
+        return pending
+
+    def _run_batch(self, batch: list[Entry]) -> bool:
+        """Launch, then tell every trial of the batch; True when failures exceed max_failure_rate (stop)."""
+        to_launch: dict[Path, Entry] = {}
+        followers: list[Entry] = []
+        for entry in batch:
+            before = study_mod.outcome(entry.run_dir, self.settings.objectives)
+            if before.state == TrialState.COMPLETE:
+                followers.append(entry)  # an earlier trial with the same parameters completed this folder
+            elif entry.run_dir in to_launch:
+                followers.append(entry)  # same parameters as another trial of this batch: trained once
+            else:
+                to_launch[entry.run_dir] = entry
+        launched = list(to_launch.values())
+        self._write_points(batch)
+        if launched:
+            overrides = [e.launch_overrides for e in launched]
+            numbers = [e.number for e in launched]
+            consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+            self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
+            self.job_idx = max(self.job_idx, numbers[-1]) + 1
+        failures = 0
+        for entry in launched + followers:
+            result = study_mod.outcome(entry.run_dir, self.settings.objectives)
+            if result.state is None:
+                result = study_mod.Outcome(
+                    TrialState.FAIL, reason=f"the job ended without recording its outcome ({result.reason})"
+                )
+            study_mod.tell(self.study, entry.trial, result)
+            failures += result.state == TrialState.FAIL
+            self._log_trial(entry, result)
+        self._write_points(batch)
+        if failures and failures / len(batch) > self.settings.max_failure_rate:
+            log.error(
+                "%d of %d trial(s) of the batch failed (hydra.sweeper.max_failure_rate=%s): stopping the search.",
+                failures,
+                len(batch),
+                self.settings.max_failure_rate,
+            )
+            return True
+        return False
+
+    def _log_trial(self, entry: Entry, result: study_mod.Outcome) -> None:
+        state = result.state.name.lower() if result.state is not None else "unfinished"
+        values = ", ".join(
+            f"{o.metric}={v:.4g}" for o, v in zip(self.settings.objectives, result.values or [], strict=False)
+        )
+        log.info("Trial %d %s%s: %s", entry.number, state, f" ({values or result.reason})", entry.run_dir.name)
+
+    # ---------------------------------------------------------------------------------------------- files
+
+    def _write_points(self, batch: list[Entry]) -> None:
+        """sweep_points.json: every trial of the study in number order (what `dpo_sweeps.status` and the end-of-sweep
+        summary list), each SLURM task id the launcher recorded kept."""
+        previous = {p.get("trial"): p for p in run_folder.read_sweep_points(self.sweep_dir) or []}
+        current = {e.number: e for e in batch}
+        points = []
+        for frozen in self.study.get_trials(deepcopy=False):
+            run_dir = frozen.user_attrs.get(study_mod.ATTR_RUN_DIR)
+            if not run_dir:
+                continue
+            entry = current.get(frozen.number)
+            point = dict(previous.get(frozen.number) or {})
+            point.update(
+                trial=frozen.number,
+                trial_state=frozen.state.name.lower(),
+                run_dir=str(self.sweep_dir / Path(run_dir).name),
+                skip=False,
+            )
+            if entry is not None:
+                point["overrides"] = entry.launch_overrides
+            point.setdefault("overrides", list(frozen.user_attrs.get(study_mod.ATTR_OVERRIDES) or []))
+            point["state"] = (run_folder.read_status(run_dir) or {}).get("state")
+            points.append(point)
+        run_folder.write_json_atomic(self.sweep_dir / run_folder.SWEEP_POINTS_FILE, points)
+
+    def _write_results(self) -> None:
+        import yaml
+
+        objectives = self.settings.objectives
+        results = study_mod.results(self.study, objectives, self.journal)
+        run_folder.write_text_atomic(self.sweep_dir / study_mod.RESULTS_FILE, yaml.safe_dump(results, sort_keys=False))
+        study_mod.write_trials_csv(self.sweep_dir, self.study, objectives)
+        pareto = study_mod.write_pareto_csv(self.sweep_dir, self.study, objectives)
+        counts = ", ".join(f"{n} {state}" for state, n in results["trials_by_state"].items())
+        best = ""
+        if "best_value" in results:
+            best = f"; best {objectives[0].metric}={results['best_value']:.4g} (trial {results['best_trial']})"
+        elif "solutions" in results:
+            best = f"; {len(results['solutions'])} Pareto-optimal trial(s) in {pareto}"
+        print(
+            f"Search: {results['n_trials']} trial(s) ({counts}){best}. Results: {self.sweep_dir / study_mod.RESULTS_FILE}",
+            flush=True,
+        )

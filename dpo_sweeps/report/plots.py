@@ -15,7 +15,6 @@ from dpo_sweeps.report import seeds
 from dpo_sweeps.report.points import (
     CURVE_PANELS,
     CURVES_PNG,
-    PARETO_CSV,
     PLOTS_MANIFEST,
     VS_PANELS,
     is_numeric_param,
@@ -26,6 +25,7 @@ from dpo_sweeps.report.points import (
 )
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord, finite, number
+from dpo_sweeps.search.files import PARETO_CSV
 
 
 def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[list[Path], dict[str, Any]]:

@@ -23,8 +23,6 @@ SUMMARY_MD = "summary.md"
 PLOTS_DIR = "plots"
 PLOTS_MANIFEST = "plots.json"
 CURVES_PNG = "curves.png"
-# Written by a multi-objective search (dpo_sweeps/search/study.py): its non-dominated trials.
-PARETO_CSV = "pareto_front.csv"
 
 # Final metrics shown for every point (metrics.json keys), with their short markdown headers.
 METRIC_COLUMNS = {

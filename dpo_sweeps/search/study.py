@@ -2,7 +2,7 @@
 finished search leaves next to its points.
 
     <sweep>/optuna_journal.log        the study (Optuna's JournalStorage; the lock is an O_EXCL lock file, the variant
-                                      Optuna provides for NFS, next to it while a process writes)
+                                      Optuna provides for NFS, next to it while a process writes; names: files.py)
     <sweep>/optimization_results.yaml best trial (or the Pareto solutions), directions, trials per state
     <sweep>/trials.csv                every trial: number, state, its objective values, parameters, folder
     <sweep>/pareto_front.csv          multi-objective studies: the non-dominated completed trials
@@ -29,12 +29,9 @@ from dpo_sweeps.search.compat import (
     TrialState,
     optuna,
 )
+from dpo_sweeps.search.files import JOURNAL_FILE, PARETO_CSV, RESULTS_FILE, TRIALS_CSV  # noqa: F401  (study.<NAME>)
 from dpo_sweeps.search.settings import Objective
 
-JOURNAL_FILE = "optuna_journal.log"
-RESULTS_FILE = "optimization_results.yaml"
-TRIALS_CSV = "trials.csv"
-PARETO_CSV = "pareto_front.csv"
 # status.json state of a trial its pruner stopped.
 PRUNED = run_folder.PRUNED
 # Trial user attributes the driver sets when it asks for a trial (a driver started again reads them).

@@ -15,6 +15,7 @@ from dpo_sweeps.console import quiet_submitter
 from dpo_sweeps.report.sweep_report import write_sweep_report
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs import reading
+from dpo_sweeps.search.files import TRIALS_CSV
 from dpo_sweeps.slurm.handoff import CheckedSweep
 from dpo_sweeps.sweep.preflight import preflight
 from dpo_sweeps.sweep.watcher import SweepWatcher
@@ -106,7 +107,10 @@ class SweepSummary(Callback):
             report = None
         if report is not None and config.logger.backend == "wandb":
             try:
-                log_sweep_summary(config, sweep_dir, report.csv)
+                study_table = sweep_dir / TRIALS_CSV  # a search's every trial, pruned and failed included
+                log_sweep_summary(
+                    config, sweep_dir, report.csv, {"study": study_table} if study_table.exists() else None
+                )
             except Exception as exc:  # W&B trouble must not fail a finished sweep either
                 log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)
 

@@ -113,7 +113,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         _announce(multirun, hydra_cfg, run_dir, "pruned", f"at step {step} ({cfg.objective.metric}={value:.4g})")
         return math.nan
     except Exception as exc:
-        tracking.finish_active(exit_code=1)
+        tracking.finish_active(exit_code=1, summary=trial_job.wandb_summary("failed"))
         update_status(
             run_dir,
             state=run_folder.FAILED,

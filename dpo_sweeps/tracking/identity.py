@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.report.model_card import framework_versions
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import trial
 
 RUN_ID_FILE = "wandb_run_id"
 DEFAULT_PROJECT = "dpo_sweeps"
@@ -105,7 +106,12 @@ def run_identity(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> R
         group = run_dir.name
     tags = [f"{g}:{choices[g]}"[:MAX_TAG_CHARS] for g in TAG_GROUPS if choices.get(g) not in (None, "null")]
     tags += [str(t)[:MAX_TAG_CHARS] for t in cfg.logger.tags]
+    # A search trial: its number and study (W&B's parallel-coordinates view of the group is then the search).
+    search, search_tags = trial.wandb_identity()
+    tags += search_tags
     config = OmegaConf.to_container(cfg, resolve=True)
+    if search:
+        config["search"] = search
     config["run"] = {
         "overrides": overrides,
         "choices": choices,

@@ -12,10 +12,13 @@ from dpo_sweeps.tracking.identity import DEFAULT_PROJECT, RunIdentity, git_commi
 from dpo_sweeps.tracking.wandb_run import Tracker, open_run, requested_mode
 
 
-def log_sweep_summary(config: DictConfig, sweep_dir: Path, summary_csv: Path) -> Tracker | None:
+def log_sweep_summary(
+    config: DictConfig, sweep_dir: Path, summary_csv: Path, tables: dict[str, Path] | None = None
+) -> Tracker | None:
     """End of a multirun with logger=wandb: the sweep report's table as one more run of the sweep's group (job type
     `sweep-summary`), so the dashboard shows every point of the sweep, failed ones included, in one table. Its id is
-    kept in the sweep folder, so a rerun of the sweep updates the same summary run."""
+    kept in the sweep folder, so a rerun of the sweep updates the same summary run. `tables`: more CSV files to log
+    as tables of the same run (a search's trials.csv as `study`)."""
     if config.logger.backend != "wandb" or global_rank() != 0:
         return None
     mode = requested_mode(config)
@@ -39,7 +42,12 @@ def log_sweep_summary(config: DictConfig, sweep_dir: Path, summary_csv: Path) ->
     if tracker.run is not None:
         import wandb
 
-        table = wandb.Table(columns=rows[0], data=rows[1:])
-        tracker._guard("sweep summary log", tracker.run.log, {"sweep_summary": table})
+        logged = {"sweep_summary": wandb.Table(columns=rows[0], data=rows[1:])}
+        for key, path in (tables or {}).items():
+            with open(path, newline="") as f:
+                extra = list(csv.reader(f))
+            if len(extra) > 1:
+                logged[key] = wandb.Table(columns=extra[0], data=extra[1:])
+        tracker._guard("sweep summary log", tracker.run.log, logged)
         tracker.finish({"points": len(rows) - 1})
     return tracker

@@ -96,7 +96,12 @@ class Tracker:
         global _ACTIVE
         if self.run is not None:
             if metrics:
-                flat = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+                flat = {
+                    k: v
+                    for k, v in metrics.items()
+                    # search/state: a search trial's outcome (complete, pruned, failed), a string
+                    if (isinstance(v, int | float) and not isinstance(v, bool)) or k.startswith("search/")
+                }
                 self._guard("summary update", self.run.summary.update, flat)
             self._guard("finish", self.run.finish, exit_code=exit_code)
             # finish() returns before wandb's service has closed the run file; teardown waits for it, so the file is
@@ -287,10 +292,11 @@ def _teardown() -> None:
         pass
 
 
-def finish_active(exit_code: int = 1) -> None:
-    """Close this process's W&B run, if one is open, after a failure outside the trainer (sweep/job.py's except path)."""
+def finish_active(exit_code: int = 1, summary: dict[str, Any] | None = None) -> None:
+    """Close this process's W&B run, if one is open, after a failure outside the trainer (sweep/job.py's except path);
+    `summary`: keys for the run's summary (a search trial's state)."""
     if _ACTIVE is not None:
-        _ACTIVE.finish(exit_code=exit_code)
+        _ACTIVE.finish(summary, exit_code=exit_code)
 
 
 def model_card_links(metrics: dict[str, Any]) -> dict[str, str | None]:

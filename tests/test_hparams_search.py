@@ -330,3 +330,49 @@ def test_frontier_search_writes_the_pareto_front(tmp_path):
     manifest = read_json(sweep_dir / "plots" / "plots.json")
     (frontier,) = [f for f in manifest["figures"] if f["kind"] == "frontier"]
     assert set(frontier["panels"][0]["pareto"]) == front
+
+
+@pytest.mark.slow
+def test_trials_say_their_number_and_state_on_wandb(tmp_path):
+    """logger=wandb offline: each trial's run carries its number (config and tag) and how it ended in its summary; the
+    sweep-summary run logs the study as a table. Seeded random sampler over lr choice(5e-3, 1e-7): trials 0 (1e-7)
+    and 1 (5e-3) complete, trial 2 (1e-7) is worse than their median at its first evaluation and is pruned."""
+    from wandb_files import find_offline_runs, read_offline_run
+
+    pytest.importorskip("wandb")
+    sweep_dir, wandb_dir = tmp_path / "search", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    env = {k: "" for k in os.environ if k.startswith("WANDB_")}
+    env.update(WANDB_DIR=str(wandb_dir), WANDB_MODE="offline", WANDB_SILENT="true")
+    run_cli(
+        [
+            "-m",
+            "hparams_search=dpo_optuna",
+            *[a for a in FAST if a != "logger=none"],
+            *NO_GEN,
+            "logger=wandb",
+            "training.max_steps=20",
+            "training.eval_steps=5",
+            "objective.metric=eval_loss",
+            "objective.mode=min",
+            "loss=sigmoid",
+            "training.learning_rate=choice(0.005, 1e-7)",
+            "beta=interval(0.1, 0.2)",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.type=random",
+            "hydra.sweeper.sampler.seed=1",
+            "hydra.sweeper.pruner.type=median",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        env=env,
+    )
+    runs = [read_offline_run(p) for p in find_offline_runs(wandb_dir)]
+    trials = {r.config["search"]["trial"]: r for r in runs if r.job_type != "sweep-summary"}
+    assert sorted(trials) == [0, 1, 2]
+    for number, run in trials.items():
+        assert f"trial:{number}" in run.tags and run.config["search"]["study"] == "dpo_sweeps"
+        assert run.summary["search/trial"] == number
+    assert [trials[n].summary["search/state"] for n in (0, 1, 2)] == ["complete", "complete", "pruned"]
+    (summary_run,) = [r for r in runs if r.job_type == "sweep-summary"]
+    assert summary_run.summary["study/nrows"] == 3 and summary_run.summary["sweep_summary/nrows"] == 3

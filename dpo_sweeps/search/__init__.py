@@ -1,5 +1,21 @@
-"""Hyperparameter search: what a sweep point hands its sweeper (`objective`: the objective value, a failed trial as
-an exception, objective.mode as Optuna's direction).
+"""Hyperparameter search on Optuna 5 (`hparams_search=dpo_optuna`, `hparams_search=dpo_frontier`): our own sweeper.
 
-Import-light. May import `runs` only; the sweep, the SLURM launcher and training import it.
+The driver (the process that runs `python -m dpo_sweeps -m hparams_search=...`, often a login node) asks Optuna for
+trials and hands each batch of `n_jobs` trials to the configured launcher as one batch of sweep points (one SLURM array
+with our launcher). The study lives in a journal file in the sweep folder, so running the same command again continues
+it. Each trial's job attaches to its trial and reports its objective at every evaluation; the pruner stops it there.
+
+    compat      the optuna import, its tested version range and the internal API we rely on (checked at import)
+    space       Hydra's sweep syntax (choice, range, interval, tag(log, ...)) -> Optuna distributions, trial -> overrides
+    settings    the sweeper's settings, pruner and sampler built from them, every check done before a trial runs
+    study       the journal-backed study: open/create, a trial's outcome read from its run folder,
+                optimization_results.yaml, trials.csv, pareto_front.csv (their names: `files`)
+    driver      the ask -> launch -> tell loop, continuing a stored study (what `hydra_plugins/dpo_sweeps_sweeper` runs)
+    trial       the job side: attach to the trial, the pruning TrainerCallback, TrialPruned (optuna and transformers
+                are imported only once a trial with a pruner runs, inside the job)
+
+May import `runs`, `config` (folder names, the reference rule) and `eval.scorers` (whether answers get a score).
+`sweep`, `train` and `tracking` import `trial` (every run imports it: it is light until a trial is attached);
+`sweep` and `report` read the names in `files` (no Optuna there); Hydra's plugin imports `driver`. Nothing heavy at
+module level (no torch, transformers or TRL): the driver runs on a login node; optuna is imported by a search only.
 """

@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 NODES ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit bench-search search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,9 @@ bench-data: install ## Data preparation on 30k/100k-row files vs bare TRL: first
 
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`)
 	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200
+
+bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~4 min)
+	$(PY) -m dpo_sweeps.bench.search
 
 search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)
 	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \

@@ -142,6 +142,27 @@ def test_bad_settings_are_refused_before_any_trial_runs(tmp_path):
     assert not search.exists() or not list(search.glob("*/status.json")) and not (search / study.JOURNAL_FILE).exists()
 
 
+def test_a_search_space_that_does_not_compose_is_refused_before_any_trial(tmp_path):
+    """A misspelt key and a group option that does not exist: found by composing every choice and both ends of every
+    range before the first trial, instead of failing in every trial's job."""
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=dpo_optuna",
+            *FAST,
+            "training.learning_rat=tag(log, interval(1e-3, 1e-2))",
+            "loss=choice(sigmoid, ipoo)",
+            f"hydra.sweep.dir={tmp_path / 'search'}",
+        ],
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Could not override 'training.learning_rat'" in proc.stderr
+    assert "Could not find 'loss/ipoo' (with loss=ipoo)" in proc.stderr
+    assert not (tmp_path / "search" / study.JOURNAL_FILE).exists()
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

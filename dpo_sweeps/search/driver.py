@@ -74,6 +74,7 @@ class OptunaSearch:
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
         self.settings = settings_mod.from_sweeper(self.sweeper, config)
         problems = settings_mod.problems(self.settings, config)
         if problems:
@@ -96,6 +97,7 @@ class OptunaSearch:
                 "the search has nothing to search: no choice(...), range(...) or interval(...) in hydra.sweeper.params "
                 "or on the command line. For a grid, leave hparams_search out: `beta=0.1,0.3 -m`."
             )
+        self._check_space()
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.journal = study_mod.journal_path(s.storage, self.sweep_dir)
@@ -144,6 +146,27 @@ class OptunaSearch:
                 break
             stopped = self._run_batch(batch)
         self._write_results()
+
+    def _check_space(self) -> None:
+        """Compose a point with every choice and both ends of every range (one parameter varied at a time): a key that
+        is not in the config or a group option that does not exist is refused now, not in every trial's job."""
+        loader = self.hydra_context.config_loader
+        ends = {key: space_mod.ends(d) for key, d in self.space.distributions.items()}
+        base = {key: values[0] for key, values in ends.items()}
+        tried = [base] + [{**base, key: v} for key, values in ends.items() for v in values[1:]]
+        problems: dict[str, str] = {}  # Hydra's message (it names the key or option) -> the values that hit it
+        for params in tried:
+            try:
+                loader.load_sweep_config(self.config, self.space.overrides(params))
+            except Exception as exc:
+                varied = [f"{k}={space_mod.encode(v)}" for k, v in params.items() if v != base[k]]
+                problems.setdefault(str(exc).splitlines()[0], " ".join(varied) or "the first values of the space")
+        if problems:
+            lines = "\n".join(f"  - {msg} (with {where})" for msg, where in problems.items())
+            raise _exit(
+                f"the search space does not compose with the config; no trial was run:\n{lines}\n"
+                "Fix the key or option in hydra.sweeper.params or on the command line (a new key needs a leading +)."
+            )
 
     def _entry(self, trial: Trial, overrides: list[str]) -> Entry:
         name = naming.sweep_subdirname(overrides)

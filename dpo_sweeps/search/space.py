@@ -112,6 +112,13 @@ def distribution(override: Override) -> BaseDistribution:
     )
 
 
+def ends(dist: BaseDistribution) -> list:
+    """Every choice of a categorical parameter, both ends of a numeric one (what `driver` composes before any trial)."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
 def parse(params: dict[str, Any] | None, arguments: list[str]) -> SearchSpace:
     """The search space from `hydra.sweeper.params` (key -> sweep text) and the command line's overrides."""
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)

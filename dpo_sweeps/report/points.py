@@ -58,6 +58,7 @@ STATE_ORDER = {
     run_folder.COMPLETED: 2,
     run_folder.PRUNED: 3,
     run_folder.FAILED: 4,
+    run_folder.CANCELLED: 5,
 }
 
 
@@ -125,7 +126,7 @@ def sort_points(points: list[RunRecord], metric: str, mode: str) -> list[RunReco
     ranked = [p for p in points if finite(p.value(metric))]
     ranked.sort(key=lambda p: (-p.value(metric) if mode == "max" else p.value(metric), p.name))
     rest = [p for p in points if not finite(p.value(metric))]
-    rest.sort(key=lambda p: (STATE_ORDER.get(p.state, 5), p.name))
+    rest.sort(key=lambda p: (STATE_ORDER.get(p.state, 6), p.name))
     return ranked + rest
 
 
@@ -182,7 +183,7 @@ def state_counts(points: list[RunRecord]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in points:
         counts[p.state] = counts.get(p.state, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 5)))
+    return dict(sorted(counts.items(), key=lambda kv: STATE_ORDER.get(kv[0], 6)))
 
 
 def value_order(value: str) -> tuple[int, float, str]:

@@ -1,7 +1,7 @@
 """The run folder: what every sweep point leaves on disk, independent of W&B.
 
     config.yaml      the resolved config (no ${...} left)
-    status.json      state (running/completed/failed/requeued/pruned), times, host, overrides, SLURM ids, error + traceback
+    status.json      state (running/completed/failed/cancelled/requeued/pruned), times, host, overrides, SLURM ids, error + traceback
     metrics.jsonl    one JSON object per logged step (train and eval), appended as training goes
     progress.json    while training: step / max_steps, last loss and reward accuracy, times (for `dpo_sweeps.status`)
     metrics.json     the final metrics: eval_* (after training), initial_eval_* (before), train_*, data/*, ref_cache
@@ -37,6 +37,8 @@ MODEL_CARD_FILE = "README.md"
 RUNNING, COMPLETED, FAILED, REQUEUED = "running", "completed", "failed", "requeued"
 # A search trial its pruner stopped early (dpo_sweeps/search/): finished, not an error.
 PRUNED = "pruned"
+# A point whose SLURM task was cancelled (scancel, an admin) before it recorded an end: not a failure of the run.
+CANCELLED = "cancelled"
 
 
 def now_iso() -> str:

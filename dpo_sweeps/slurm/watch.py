@@ -3,11 +3,14 @@
 submitit learns that a task ended from its result pickle (or from sacct, which the local cluster lacks): a task
 killed outright (scancel without a signal, out of memory, node failure) writes none, and the stock launcher's
 `job.results()` waits forever. Here every poll asks `squeue` for the states of all the sweep's tasks at once (one
-command, whatever the size, through `client.py`, whose state map `status` shares); a task that has been in a final state for `GRACE_S` without a result file is recorded
-as failed in its point's status.json with SLURM's state, reason and exit code (`scontrol show job`, or `sacct` once
-slurmctld has forgotten the task and accounting exists), and the other points go on. Requeued tasks (PENDING again)
-are not final. If the controller cannot be reached for `LOST_CONTACT_S`, the remaining points are marked failed too:
-every wait here has an end.
+command, whatever the size, through `client.py`, whose state map `status` shares). A task that squeue shows in a final
+state, or no longer shows, for `GRACE_S` without a result file is asked about with `scontrol`/`sacct`
+(`client.task_details`), and only a final state they confirm (or squeue's own final state) ends it: CANCELLED is
+recorded as `cancelled`, every other final state as `failed`, in its point's status.json with SLURM's state, reason
+and exit code, and the other points go on. An empty or "Invalid job id" answer from squeue alone never marks a task
+dead: a task nobody can tell about (squeue, scontrol and sacct all silent) is given up only after `LOST_CONTACT_S`.
+Requeued tasks (PENDING again) are not final. If the controller cannot be reached for `LOST_CONTACT_S`, the remaining
+points are marked failed too: every wait here has an end.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ POLL_S = 2.0
 # submitit itself waits 15 s for it.
 GRACE_S = 20.0
 LOST_CONTACT_S = 600.0
+# How often a task that squeue does not list, and that scontrol/sacct cannot place, is asked about again.
+CONFIRM_EVERY_S = 10.0
 GONE = client.GONE
 
 
@@ -41,22 +46,28 @@ def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
 
 
 def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, details: dict[str, str]) -> str:
+    """Record a task that ended without a result: `cancelled` for SLURM's CANCELLED, else `failed`."""
     state, reason, code = details["state"], details["reason"], details["exit_code"]
+    cancelled = client.base_state(state) == "CANCELLED"
     said = "is no longer known to SLURM" if state == GONE else f"ended {state}"
     why = ", ".join(
         x for x in (f"reason {reason}" if reason and reason != "None" else "", f"exit code {code}" if code else "") if x
     )
+    how = (
+        "cancelled (scancel by you or an admin)"
+        if cancelled
+        else "killed outright (scancel, out of memory, node failure, a time limit without requeue)"
+    )
     error = (
-        f"SLURM task {job_id} {said}{f' ({why})' if why else ''} without a result: killed outright (scancel, out of "
-        "memory, node failure, a time limit without requeue). Its log: the sweep's .submitit/ folder. Rerun the sweep "
-        "to run it again (completed points are skipped)."
+        f"SLURM task {job_id} {said}{f' ({why})' if why else ''} without a result: {how}. Its log: the sweep's "
+        ".submitit/ folder. Rerun the sweep to run it again (completed points are skipped)."
     )
     if point is not None:
         status = run_folder.read_status(point["run_dir"]) or {}
         if status.get("state") not in (run_folder.COMPLETED, run_folder.PRUNED):  # finished: not dead
             run_folder.update_status(
                 point["run_dir"],
-                state=run_folder.FAILED,
+                state=run_folder.CANCELLED if cancelled else run_folder.FAILED,
                 ended_at=run_folder.now_iso(),
                 error=error,
                 traceback=None,
@@ -87,6 +98,16 @@ def _result(job: Any, point: dict | None, overrides: list[str]) -> JobReturn:
         return _failed_return(overrides, error)
 
 
+def _ended(details: dict[str, str], queue_state: str) -> dict[str, str] | None:
+    """`details` (from scontrol/sacct) when they confirm the task ended, or squeue itself showed a final state that
+    scontrol/sacct have lost since; None otherwise. squeue's silence alone is not an end."""
+    if client.is_final(details["state"]):
+        return details
+    if client.is_final(queue_state) and details["state"] == GONE:
+        return {**details, "state": client.base_state(queue_state)}
+    return None
+
+
 def collect(
     jobs: list,
     points: list[dict | None],
@@ -97,7 +118,9 @@ def collect(
     poll's states also go to `on_task_states` (the submitting console's lines), so no other poller is needed."""
     results: list[JobReturn | None] = [None] * len(jobs)
     pending = set(range(len(jobs)))
-    final_since: dict[int, float] = {}
+    final_since: dict[int, float] = {}  # squeue has shown the task final, or not at all, since
+    unknown_since: dict[int, float] = {}  # scontrol and sacct have not known a final state for it since
+    ask_after: dict[int, float] = {}
     unreachable_since: float | None = None
     while pending:
         for i in sorted(pending):
@@ -126,15 +149,50 @@ def collect(
                 results[i] = _failed_return(overrides[i], error)
             break
         for i in sorted(pending):
-            state = states.get(jobs[i].job_id, (GONE, ""))[0]
-            if client.is_final(state) or state == GONE:
-                final_since.setdefault(i, now)
-                if now - final_since[i] >= GRACE_S and not jobs[i].paths.result_pickle.exists():
-                    error = mark_dead(jobs[i].job_id, points[i], overrides[i], client.task_details(jobs[i].job_id))
-                    results[i] = _failed_return(overrides[i], error)
-                    pending.discard(i)
-            else:
-                final_since.pop(i, None)  # requeued: running again
+            job_id = jobs[i].job_id
+            state = states.get(job_id, (GONE, ""))[0]
+            if not (client.is_final(state) or state == GONE):
+                final_since.pop(i, None)  # queued, running, or requeued: running again
+                unknown_since.pop(i, None)
+                continue
+            final_since.setdefault(i, now)
+            if now - final_since[i] < GRACE_S or now < ask_after.get(i, 0.0) or jobs[i].paths.result_pickle.exists():
+                continue
+            details = client.task_details(job_id)
+            ended = _ended(details, state)
+            if ended is not None:
+                error = mark_dead(job_id, points[i], overrides[i], ended)
+                results[i] = _failed_return(overrides[i], error)
+                pending.discard(i)
+                continue
+            if details["state"] != GONE:  # scontrol/sacct know it alive (pending again, running): squeue was wrong
+                final_since.pop(i, None)
+                unknown_since.pop(i, None)
+                continue
+            # scontrol and sacct cannot place it (accounting lagging or off, a purged id): ask again later, and give
+            # up only when nobody has been able to tell for LOST_CONTACT_S.
+            if i not in unknown_since:
+                log.warning(
+                    "SLURM task %s: squeue does not show it and neither scontrol nor sacct knows a final state; "
+                    "waiting (up to %.0f s) before counting it lost.",
+                    job_id,
+                    LOST_CONTACT_S,
+                )
+            unknown_since.setdefault(i, now)
+            ask_after[i] = now + CONFIRM_EVERY_S
+            if now - unknown_since[i] >= LOST_CONTACT_S:
+                error = mark_dead(
+                    job_id,
+                    points[i],
+                    overrides[i],
+                    {
+                        "state": GONE,
+                        "reason": f"unknown to squeue, scontrol and sacct for {LOST_CONTACT_S:.0f} s",
+                        "exit_code": "",
+                    },
+                )
+                results[i] = _failed_return(overrides[i], error)
+                pending.discard(i)
         if on_task_states is not None:
             on_task_states(states)
         if pending:

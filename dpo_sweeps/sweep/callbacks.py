@@ -24,7 +24,15 @@ from dpo_sweeps.tracking.sweep_summary import log_sweep_summary
 log = logging.getLogger(__name__)
 
 # Outcomes in the order the summary lists them; anything else (running, missing) means the job died unrecorded.
-ORDER = (run_folder.COMPLETED, run_folder.PRUNED, run_folder.FAILED, run_folder.REQUEUED, run_folder.RUNNING, "missing")
+ORDER = (
+    run_folder.COMPLETED,
+    run_folder.PRUNED,
+    run_folder.FAILED,
+    run_folder.CANCELLED,
+    run_folder.REQUEUED,
+    run_folder.RUNNING,
+    "missing",
+)
 # Finished, and not an error: a trial stopped by the search's pruner did what it was asked.
 DONE = (run_folder.COMPLETED, run_folder.PRUNED)
 

@@ -26,7 +26,8 @@ def _to_submit(config: DictConfig, all_points: list[list[str]]) -> int:
 
 def refuse_if_too_large(config: DictConfig, all_points: list[list[str]]) -> None:
     try:
-        plan.check_fits(_to_submit(config, all_points), site.read_limits_or_exit(), total_points=len(all_points))
+        limits = site.read_limits_or_exit(*site.submit_identity(config.hydra.launcher))
+        plan.check_fits(_to_submit(config, all_points), limits, total_points=len(all_points))
     except plan.SweepTooLargeError as err:
         raise SystemExit(f"Error: {err}") from None
 
@@ -36,7 +37,7 @@ def describe_split(config: DictConfig, points: list[dict]) -> str:
     submit = [p for p in points if not p["skip"]]
     parallelism = int(config.hydra.launcher.get("array_parallelism") or 1)
     try:
-        limits = site.read_limits()
+        limits = site.read_limits(*site.submit_identity(config.hydra.launcher))
     except site.SlurmCommandError as exc:
         return f"SLURM: the cluster's limits cannot be read here ({exc}); the split is decided at submission."
     text = plan.describe(

@@ -173,7 +173,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             return [returns[i] for i in range(len(job_overrides))]
 
         t_limits = time.perf_counter()
-        limits = site.read_limits_or_exit()
+        limits = site.read_limits_or_exit(*site.submit_identity(self.params))
         t_limits = time.perf_counter() - t_limits
         parallelism = int(self.params.get("array_parallelism") or 1)
         try:

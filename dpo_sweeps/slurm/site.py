@@ -1,7 +1,10 @@
 """What the SLURM site allows, read before anything is submitted: `scontrol show config` (MaxArraySize,
 MaxJobCount), the jobs slurmctld holds now (`squeue`), and per-user submit limits from `sacctmgr` where accounting
-exists (MaxSubmitJobs on the user's association, MaxSubmitJobsPerUser on a QOS). Every command has a short timeout;
-a limit that cannot be read is left out (None), never guessed.
+exists: MaxSubmitJobs on the association the sweep's jobs are charged to (the launcher's `account`, else the user's
+default account) and MaxSubmitJobsPerUser on the one QOS they run under (the launcher's `qos`, else the
+association's default QOS, as slurmctld picks it). A strict QOS or another account's association the sweep does not
+use does not refuse it. Every command has a short timeout; a limit that cannot be read is left out (None), never
+guessed.
 
 Counting rule: each array task counts as one job towards MaxJobCount and MaxSubmitJobs (SLURM's slurm.conf and
 sacctmgr pages), finished tasks too while slurmctld still holds them (MinJobAge).
@@ -15,8 +18,10 @@ import getpass
 import logging
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -105,24 +110,51 @@ def _count_lines(*args: str) -> int:
     return sum(1 for line in run(*args).splitlines() if line.strip())
 
 
-def _sacctmgr_limits(user: str) -> list[tuple[int, str]]:
-    """MaxSubmitJobs on the user's associations and MaxSubmitJobsPerUser on QOSes (readable without privileges)."""
+def submit_identity(params: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(qos, account) the launcher's parameters (hydra.launcher.*) ask sbatch for; None where they leave it to SLURM."""
+    extra = params.get("additional_parameters") or {}
+    qos = params.get("qos") or extra.get("qos")
+    account = params.get("account") or extra.get("account")
+    return (str(qos) if qos else None), (str(account) if account else None)
+
+
+def _sacctmgr_limits(user: str, qos: str | None = None, account: str | None = None) -> list[tuple[int, str]]:
+    """MaxSubmitJobs of the association the jobs are charged to and MaxSubmitJobsPerUser of the QOS they run under
+    (see the module doc); both readable without privileges."""
     limits = []
-    assoc = run("sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=Account,MaxSubmit", timeout=10)
+    if account is None:
+        default = run("sacctmgr", "-n", "-P", "show", "user", user, "format=DefaultAccount", timeout=10).split()
+        account = default[0] if default else None
+    rows = []
+    assoc = run(
+        "sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=Account,MaxSubmit,DefaultQOS,QOS", timeout=10
+    )
     for line in assoc.splitlines():
-        account, _, value = line.partition("|")
+        fields = [*line.split("|"), "", "", ""][:4]
+        if fields[0] and (account is None or fields[0] == account):
+            rows.append(fields)
+    for acct, value, _, _ in rows:
         if (n := _int(value)) is not None:
-            limits.append((n, f"MaxSubmitJobs of association {user}/{account}"))
-    qos = run("sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU", timeout=10)
-    for line in qos.splitlines():
+            limits.append((n, f"MaxSubmitJobs of association {user}/{acct}"))
+    why = "the launcher's qos"
+    if qos is None:
+        # slurmctld's choice for a job without --qos: the association's DefaultQOS; else its only allowed QOS; else
+        # "normal".
+        defaults = {r[2] for r in rows if r[2]}
+        allowed = {q for r in rows for q in r[3].split(",") if q}
+        qos = next(iter(defaults)) if len(defaults) == 1 else next(iter(allowed)) if len(allowed) == 1 else "normal"
+        why = f"the default QOS of association {user}/{account}" if account else "the default QOS"
+    out = run("sacctmgr", "-n", "-P", "show", "qos", qos, "format=Name,MaxSubmitPU", timeout=10)
+    for line in out.splitlines():
         name, _, value = line.partition("|")
-        if (n := _int(value)) is not None:
-            limits.append((n, f"MaxSubmitJobsPerUser of QOS {name}"))
+        if name == qos and (n := _int(value)) is not None:
+            limits.append((n, f"MaxSubmitJobsPerUser of QOS {name} ({why})"))
     return limits
 
 
-def read_limits() -> SiteLimits:
-    """Read the site's limits; raises SlurmCommandError only when `scontrol show config` itself fails."""
+def read_limits(qos: str | None = None, account: str | None = None) -> SiteLimits:
+    """Read the site's limits for jobs submitted with `qos` and `account` (None: SLURM's defaults for the user);
+    raises SlurmCommandError only when `scontrol show config` itself fails."""
     conf = os.environ.get("SLURM_CONF")
     if conf and not Path(conf).is_file():
         # SLURM would fall back to a DNS lookup for its controller, which can hang for a long time without network.
@@ -142,15 +174,15 @@ def read_limits() -> SiteLimits:
         limits.notes.append(f"could not count queued jobs: {exc}")
     if limits.accounting:
         try:
-            limits.user_submit_limits = _sacctmgr_limits(user)
+            limits.user_submit_limits = _sacctmgr_limits(user, qos, account)
         except SlurmCommandError as exc:  # accounting configured but slurmdbd unreachable: sbatch will say more
             limits.notes.append(f"per-user limits not read: {exc}")
     return limits
 
 
-def read_limits_or_exit() -> SiteLimits:
+def read_limits_or_exit(qos: str | None = None, account: str | None = None) -> SiteLimits:
     try:
-        limits = read_limits()
+        limits = read_limits(qos, account)
     except SlurmCommandError as exc:
         raise SystemExit(
             f"Error: cannot read the SLURM cluster's configuration: {exc}. Nothing was submitted. Check that SLURM's "

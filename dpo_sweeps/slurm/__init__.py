@@ -1,9 +1,10 @@
 """Submitting sweeps to SLURM: what the nodes offer against what a profile asks for (`resources`, the pre-launch
 sinfo check), the site's limits (`site`), the split into arrays (`plan`), the pre-launch check's SLURM side
-(`checks`), what that check hands the launcher (`handoff`), the launcher (`launcher`), the one client for squeue /
-sacct / scontrol with the one map from SLURM states to a point's (`client`), and the wait for results, dead tasks
-included (`watch`).
+(`checks`), what that check hands the launcher (`handoff`), the launcher (`launcher`) and the submitit internals it
+relies on (`submitit_compat`), the one client for squeue / sacct / scontrol with the one map from SLURM states to a
+point's (`client`), and the wait for results, dead tasks included (`watch`).
 
-Import-light: no submitit at import. May import `runs` and `config` (folder names); the sweep stage and
-`status` import it, never the other way round.
+Import-light: only `launcher` imports submitit at import, to check the private submitit internals it uses
+(`submitit_compat`, ~50 ms). May import `runs` and `config` (folder names); the sweep stage and `status` import it,
+never the other way round.
 """

@@ -43,12 +43,15 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import handoff, plan, site, watch
+from dpo_sweeps.slurm import handoff, plan, site, submitit_compat, watch
 
 log = logging.getLogger(__name__)
 
 # Launcher keys only the pre-launch check reads (hydra_plugins/dpo_sweeps_launcher/slurm.py's schema): not sbatch's.
 CHECK_ONLY_KEYS = ("gpu_mem_gb",)
+
+# The submitit internals used below, checked now: a submitit that changed them fails here, naming both versions.
+submitit_compat.check()
 
 
 class SbatchError(RuntimeError):

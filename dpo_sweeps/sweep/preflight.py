@@ -214,6 +214,14 @@ def check_sweep(
 def preflight(config: DictConfig) -> CheckedSweep:
     """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points and return
     them for the launcher."""
+    if _uses_our_slurm_launcher(config):
+        # Hydra's plugin scan turns a failed launcher import into a warning: say it here, once, and stop.
+        from dpo_sweeps.slurm import submitit_compat
+
+        try:
+            submitit_compat.check()
+        except submitit_compat.SubmititChangedError as err:
+            raise SystemExit(f"Error: {err} Nothing was submitted.") from None
     from dpo_sweeps.slurm.memory_check import SweepMemory
     from dpo_sweeps.slurm.resources import cluster_problems, is_slurm_launcher
 

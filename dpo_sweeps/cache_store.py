@@ -6,9 +6,15 @@ owns the discipline that makes sharing safe:
 
 - an entry appears atomically (the user writes a temp file or folder and renames it into place), so a reader never
   sees half an entry and a crashed writer leaves only a temp name nobody reads; deleting the folder is always safe;
-- concurrent jobs compute an entry once: the first takes `<key>.lock` (O_CREAT|O_EXCL, holding pid, host and a
-  heartbeat mtime), the others wait up to `lock_timeout_s` for the entry and then compute it themselves;
-- a lock whose holder died (same host: pid gone; any host: no heartbeat for STALE_LOCK_S) is broken by the next job.
+- concurrent jobs compute an entry once: the first takes `<key>.lock` (O_CREAT|O_EXCL, holding pid, host, boot id,
+  pid namespace and a heartbeat mtime), the others wait up to `lock_timeout_s` for the entry and then compute it
+  themselves, polling with exponential back-off (poll_s doubling up to MAX_POLL_S, with jitter: hundreds of array
+  tasks polling a metadata server every 0.2 s load it);
+- a lock whose holder died is broken by the next job: on the holder's own machine (same host name, boot id and pid
+  namespace, so the pid means the same process) when its pid is gone; anywhere when its heartbeat is older than
+  STALE_LOCK_S. That age compares two mtimes the file server wrote (the lock's and a probe file's touched next to
+  it just now), never this host's clock with the server's: a node whose clock is off by minutes neither breaks a
+  live lock nor waits on a dead one.
 
 Imports only the standard library: the store runs on any node.
 """
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 # The holder touches its lock every HEARTBEAT_S; a lock untouched for STALE_LOCK_S is from a dead job (another host).
 HEARTBEAT_S = 10.0
 STALE_LOCK_S = 120.0
+# Waiting for another job's entry: poll_s, doubled after every look up to this, each sleep jittered by +-25%.
+MAX_POLL_S = 5.0
 HIT, COMPUTED, OFF = "hit", "computed", "off"
 
 T = TypeVar("T")
@@ -81,6 +90,37 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def machine_identity() -> dict[str, str | None]:
+    """Where a pid means this process: the host name, the kernel's boot id (a reboot or another machine with the same
+    name differs) and the pid namespace (a container on the same kernel differs)."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = None
+    return {
+        "host": socket.gethostname(),
+        "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+        "pidns": pidns,
+    }
+
+
+def backoff_delays(first_s: float, max_s: float = MAX_POLL_S, rng: random.Random | None = None):
+    """Endless sleeps for a poll loop: first_s, doubling up to max_s, each jittered by +-25%."""
+    rng = rng or random.Random()
+    delay = first_s
+    while True:
+        yield delay * rng.uniform(0.75, 1.25)
+        delay = min(max_s, delay * 2)
+
+
 class LockedStore:
     """Entries under `root/<key[:2]>/` and their locks (`<key>.lock`), safe for concurrent processes and hosts.
 
@@ -108,20 +148,39 @@ class LockedStore:
         except FileExistsError:
             return None
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "token": token, "since": time.time()}, f)
+            json.dump({"pid": os.getpid(), **machine_identity(), "token": token, "since": time.time()}, f)
         return token
+
+    def server_now(self, folder: Path) -> float:
+        """The file server's clock, read as the mtime it gives a probe file this process writes now (in `folder`,
+        next to the lock, so on the same server)."""
+        probe = folder / f".clock-probe-{socket.gethostname()}-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0")  # a write: the server stamps the mtime with its own clock
+        try:
+            return probe.stat().st_mtime
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def _lock_age(self, path: Path) -> float:
+        """Seconds since the lock's last heartbeat, both ends stamped by the file server."""
+        return self.server_now(path.parent) - path.stat().st_mtime
 
     def _lock_is_stale(self, key: str) -> bool:
         path = self.lock_path(key)
         try:
-            age = time.time() - path.stat().st_mtime
+            age = self._lock_age(path)
             holder = json.loads(path.read_text() or "{}")
         except FileNotFoundError:
             return False
         except json.JSONDecodeError:
             # Created but not yet written by its holder (a few microseconds), or written by a job killed right then.
             return age > STALE_LOCK_S
-        if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1))):
+        here = machine_identity()
+        # The pid says something only on the holder's own machine and pid namespace; elsewhere only the heartbeat.
+        same_machine = all(holder.get(k) is not None and holder.get(k) == here[k] for k in ("host", "boot_id"))
+        same_machine = same_machine and holder.get("pidns") == here["pidns"]
+        if same_machine and not pid_alive(int(holder.get("pid", -1))):
             return True
         return age > STALE_LOCK_S
 
@@ -166,6 +225,7 @@ class LockedStore:
         in the message of a job that stops waiting."""
         deadline = time.monotonic() + self.lock_timeout_s
         waited = False
+        delays = backoff_delays(self.poll_s)
         while True:
             found = load()
             if found is not None:
@@ -197,4 +257,4 @@ class LockedStore:
             if not waited:
                 log.info("%s: another job is computing %s; waiting for it.", self.label, key[:12])
                 waited = True
-            time.sleep(self.poll_s)
+            time.sleep(max(0.0, min(next(delays), deadline - time.monotonic())))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dpo_sweeps.data import InvalidDataError, load_preference_data
+from dpo_sweeps.data import cache as data_cache
 from dpo_sweeps.data.cache import COMPUTED, HIT, OFF
 from tests.helpers import REPO, TINY, compose_config
 
@@ -133,6 +134,41 @@ def test_damaged_entry_is_recomputed(tmp_path, tokenizer):
     again = load_preference_data(compose_config(_local(data, cache)), tokenizer)
     assert again.cache == COMPUTED and again.train.to_list() == first
     assert _state(_local(data, cache), tokenizer) == HIT
+    # The damaged entry stays where it was (other jobs may have it memory-mapped); the new one is the next generation.
+    assert arrow.read_bytes() == b"not arrow" and (entry / "meta.json").exists()
+    assert again.train.cache_files[0]["filename"].startswith(f"{entry}.g1/")
+    # prune removes it once its successor is old enough, never the newest.
+    assert data_cache.prune(cache, older_than_s=3600) == []
+    assert data_cache.prune(cache, older_than_s=-1) == [entry] and not entry.exists()
+    assert data_cache.prune(cache, older_than_s=-1) == [] and _state(_local(data, cache), tokenizer) == HIT
+
+
+def test_the_preparation_code_is_in_the_key(tmp_path, tokenizer, monkeypatch):
+    import ast
+    import shutil
+
+    # What shapes an entry lives in the data package: it imports no other dpo_sweeps module but the cache store.
+    for module in data_cache.CODE_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if name.startswith("dpo_sweeps"):
+                    assert name.startswith("dpo_sweeps.data") or name == "dpo_sweeps.cache_store", (module, name)
+
+    data, cache = _write(tmp_path / "prefs.jsonl", _rows(30)), tmp_path / "cache"
+    assert _state(_local(data, cache), tokenizer) == COMPUTED
+    code = tmp_path / "code"
+    shutil.copytree(data_cache.CODE_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    assert data_cache.code_identity(code) == data_cache.code_identity()
+    monkeypatch.setattr(data_cache, "CODE_DIR", code)
+    assert _state(_local(data, cache), tokenizer) == HIT
+    for module in ("adapters.py", "validation.py", "tokenize.py", "sources.py", "prepare.py"):
+        before = data_cache.code_identity()
+        (code / module).write_text((code / module).read_text() + "\n# an upgrade changed this module\n")
+        assert data_cache.code_identity() != before, module
+    # An upgraded adapter (here: only its text) must not be served the old code's entry.
+    assert _state(_local(data, cache), tokenizer) == COMPUTED
 
 
 # -------------------------------------------------------------------------------------------------- tokenize once

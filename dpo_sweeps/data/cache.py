@@ -15,12 +15,16 @@ run that computed it:
   length limits and truncation, validation policy) except `path` (resolved, with the content, above), `num_proc` (speed only)
   and `max_errors_shown` (the message only; the stored problems are formatted at read time);
 - `model.merge_system_into_user`, the tokenizer (its `datasets` hash: vocabulary, settings, chat template) and the
-  versions of TRL, transformers, tokenizers and datasets (they decide the token ids).
+  versions of TRL, transformers, tokenizers and datasets (they decide the token ids);
+- dpo_sweeps' own preparation code: the source of every module of this package (`code_identity`), so an upgrade
+  that changes an adapter, a validation rule, a length check or the tokenization prepares the data again.
 Not in the key, because they do not change the prepared data: beta, learning rate, seed, LoRA, loss, training.
 
 An entry is a folder `<data_cache.dir>/<key[:2]>/<key>/` (train/, eval/ as `Dataset.save_to_disk`, meta.json),
-built under a temp name and renamed into place; locking and stale-holder detection are `cache_store.LockedStore`'s
-(shared with the reference cache). Deleting `data_cache.dir` is always safe.
+built under a temp name and renamed into place; an entry found damaged is left in place and recomputed under the
+next generation's name (`<key>.g1`, see `PreparedStore`). Locking and stale-holder detection are
+`cache_store.LockedStore`'s (shared with the reference cache). Deleting `data_cache.dir` is safe while no sweep uses
+it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,11 @@ log = logging.getLogger(__name__)
 
 # Bump when the entry layout or what goes into the key changes: old entries are then simply never found.
 ENTRY_FORMAT = 1
+# The code that shapes an entry: every module of this package (sources, adapters, validation and its length checks,
+# the tokenization, this file's layout). Their source goes into the key (`code_identity`), so an upgrade that changes
+# how rows are read, adapted, checked or tokenized never serves entries prepared by the old code.
+# tests/test_data_cache.py checks that the package imports no other dpo_sweeps module that could shape an entry.
+CODE_DIR = Path(__file__).resolve().parent
 META_FILE = "meta.json"
 # dataset.* keys that do not change the prepared data (see the module docstring).
 NOT_IN_KEY = ("path", "num_proc", "max_errors_shown")
@@ -105,6 +114,15 @@ def tokenizer_identity(tokenizer) -> dict[str, Any]:
     }
 
 
+def code_identity(folder: Path | None = None) -> str:
+    """sha256 over the source of every module in `folder` (default: this package, CODE_DIR), in name order."""
+    folder = folder or CODE_DIR
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def data_identity(cfg: DictConfig, tokenizer, raw_rows: Callable[[str], list]) -> dict[str, Any]:
     """Everything that decides the prepared data (see the module docstring)."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -112,6 +130,7 @@ def data_identity(cfg: DictConfig, tokenizer, raw_rows: Callable[[str], list]) -
         dataset.pop(k, None)
     return {
         "entry_format": ENTRY_FORMAT,
+        "code": code_identity(),
         "source": source_identity(cfg, raw_rows),
         "dataset": dataset,
         "merge_system_into_user": cfg.model.merge_system_into_user,
@@ -127,20 +146,38 @@ def entry_key(identity: dict[str, Any]) -> str:
 
 
 class PreparedStore(LockedStore):
-    """Entries `<key>/` (one `save_to_disk` folder per split + meta.json) and their locks, in one folder."""
+    """Entries `<key>/` (one `save_to_disk` folder per split + meta.json) and their locks, in one folder.
+
+    An entry found unreadable is never deleted or replaced in place: other jobs (on other hosts) may have its Arrow
+    files memory-mapped, and one job's read error may be its own (a network filesystem's hiccup). The recomputed entry
+    goes under the next generation's name (`<key>.g1`, `<key>.g2`, ...), loads read the newest generation, and the
+    superseded ones stay until `prune` (`python -m dpo_sweeps.data.cache prune <data_cache.dir>`) removes those
+    replaced long enough ago that no job can still be reading them."""
 
     label = "Data cache"
 
-    def entry_path(self, key: str) -> Path:
-        return self.root / key[:2] / key
+    def entry_path(self, key: str, generation: int = 0) -> Path:
+        return self.root / key[:2] / (key if generation == 0 else f"{key}.g{generation}")
+
+    def generations(self, key: str) -> list[int]:
+        """The generations of `key` on disk, oldest first."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root / key[:2]):
+                name, sep, gen = entry.name.partition(".g")
+                if name == key and (not sep or gen.isdigit()):
+                    found.append(int(gen) if sep else 0)
+        return sorted(found)
 
     def load(self, key: str) -> tuple[Splits, dict[str, Any]] | None:
-        """The entry's splits (memory-mapped) and meta, or None if absent or damaged (a damaged one is moved aside)."""
+        """The newest generation's splits (memory-mapped) and meta, or None if absent or damaged (a damaged one is
+        left in place, see the class doc)."""
         from datasets import Dataset
 
-        path = self.entry_path(key)
-        if not path.exists():
+        generations = self.generations(key)
+        if not generations:
             return None
+        path = self.entry_path(key, generations[-1])
         try:
             meta = json.loads((path / META_FILE).read_text())
             if meta.get("key") != key:
@@ -151,21 +188,22 @@ class PreparedStore(LockedStore):
                 for name in meta["splits"]
             }
         except Exception as exc:  # a damaged folder (manual edit, a copy cut short): never trust it, recompute
-            log.warning("Data cache entry %s is unreadable (%s); preparing the data again.", path, exc)
-            self._discard(path)
+            log.warning(
+                "Data cache entry %s is unreadable (%s); preparing the data again as %s. The damaged entry is left "
+                "for jobs that may still read it (`python -m dpo_sweeps.data.cache prune %s` removes it later).",
+                path,
+                exc,
+                self.entry_path(key, generations[-1] + 1).name,
+                self.root,
+            )
             return None
         return splits, meta
 
-    def _discard(self, path: Path) -> None:
-        # Rename first (atomic, a reader either sees the whole entry or none), then delete at leisure.
-        aside = path.with_name(f".{path.name}.broken.{uuid.uuid4().hex}")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-
     def save(self, key: str, splits: Splits, meta: dict[str, Any]) -> tuple[Splits, dict[str, Any]]:
-        """Write the entry under a temp name, rename it into place, and return it read back (memory-mapped)."""
-        path = self.entry_path(key)
+        """Write the entry under a temp name, rename it into place (the generation after the newest on disk, which is
+        damaged if there is one), and return the newest generation read back (memory-mapped)."""
+        generations = self.generations(key)
+        path = self.entry_path(key, generations[-1] + 1 if generations else 0)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
         try:
@@ -184,7 +222,7 @@ class PreparedStore(LockedStore):
             try:
                 os.rename(tmp, path)
             except OSError:
-                # Another job (one that stopped waiting for us, or we for it) put the same entry in place first.
+                # Another job (one that stopped waiting for us, or we for it) put the same generation in place first.
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -195,6 +233,53 @@ class PreparedStore(LockedStore):
                 f"Data cache: the entry {path} just written cannot be read back; is data_cache.dir full?"
             )
         return found
+
+
+def prune(root: str | os.PathLike, older_than_s: float) -> list[Path]:
+    """Remove every superseded generation whose successor was written more than `older_than_s` ago (a job that had
+    it memory-mapped has long finished); returns what was removed. The newest generation of a key is never touched.
+    Ages compare two mtimes the file server wrote (the successor's and a probe file's), not this host's clock."""
+    store = PreparedStore(root, lock_timeout_s=0)
+    removed = []
+    keys = {
+        entry.name.partition(".g")[0]
+        for folder in store.root.glob("??")
+        for entry in folder.iterdir()
+        if entry.is_dir() and not entry.name.startswith(".")
+    }
+    for key in sorted(keys):
+        generations = store.generations(key)
+        for older, newer in zip(generations, generations[1:], strict=False):
+            path, successor = store.entry_path(key, older), store.entry_path(key, newer)
+            try:
+                replaced_at = successor.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if path.exists() and store.server_now(successor.parent) - replaced_at > older_than_s:
+                aside = path.with_name(f".{path.name}.pruned.{uuid.uuid4().hex}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, aside)  # atomic: a concurrent prune removes it once
+                    shutil.rmtree(aside, ignore_errors=True)
+                    removed.append(path)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dpo_sweeps.data.cache",
+        description="Prepared-data cache maintenance. prune: remove entries superseded (recomputed after a read "
+        "error) more than --older-than-hours ago; the newest entry of a key is never touched.",
+    )
+    parser.add_argument("command", choices=["prune"])
+    parser.add_argument("dir", help="the cache folder (data_cache.dir)")
+    parser.add_argument("--older-than-hours", type=float, default=168.0)
+    args = parser.parse_args(argv)
+    removed = prune(args.dir, args.older_than_hours * 3600)
+    print(
+        f"Removed {len(removed)} superseded entr{'y' if len(removed) == 1 else 'ies'}: " + ", ".join(map(str, removed))
+    )
 
 
 @contextlib.contextmanager
@@ -241,3 +326,7 @@ def get_or_prepare(
         cfg.data_cache.dir,
     )
     return splits, meta, state, key
+
+
+if __name__ == "__main__":
+    main()

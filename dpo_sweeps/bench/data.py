@@ -1,19 +1,28 @@
-"""Data preparation at real sizes (`make bench-data`, not part of `make test`): the framework against bare TRL.
+"""Data preparation at real sizes (`make bench-data`, not part of `make test`): the framework against bare TRL, doing
+the same work.
 
-    python -m dpo_sweeps.bench.data                      # 30k and 100k rows, ~10 min on 2 busy CPU cores
-    python -m dpo_sweeps.bench.data --rows 30000         # one size
+    python -m dpo_sweeps.bench.data                               # 30k and 100k rows, 3 repeats (~1.5 h on 2 cores)
+    python -m dpo_sweeps.bench.data --rows 5000 --repeats 3       # one small size (~10 min)
 
-For each size, a generated local jsonl (prompt/chosen/rejected strings), tiny_llama, 2 training steps, the reference
-cache off, an eval split of EVAL_ROWS rows evaluated once at the end; every point is its own process, as a SLURM job is:
+For each size, a generated local jsonl (prompt/chosen/rejected strings), tiny_llama + LoRA r16, 2 training steps, the
+reference cache off, an eval split of EVAL_ROWS rows evaluated once at the end, no generation (the framework's
+generation eval and sample completions are off: bare TRL generates nothing); every point is its own process, as a
+SLURM job is:
 
 - bare TRL: `load_dataset("json")` + `train_test_split(test_size=100)` + TRL's DPOTrainer, the way one writes it by
-  hand. Run twice: first with an empty `datasets` cache (uncached), then again (its `map`s hit that cache).
-- the framework: `run_training` for a 4-point beta sweep sharing one prepared-data cache (point 1 prepares the data,
-  points 2-4 read it).
+  hand, tokenizing in one process (`dataset_num_proc` unset: TRL's default). Run twice: first with an empty
+  `datasets` cache (uncached), then again (its `map`s hit that cache).
+- the framework, `run_training` twice on one prepared-data cache (point 1 prepares the data, point 2 reads it), in two
+  conditions: tokenizing in one process (`dataset.num_proc=1`: the same work as bare TRL), and with its default
+  (the machine's cores from PARALLEL_MIN_ROWS rows on).
 
-Per point: wall time of the process (imports included), data preparation time (bare TRL: `load_dataset` + the
-split + TRL's `_prepare_dataset`; the framework: `load_preference_data`, which includes TRL's tokenization on a miss)
-and peak RSS (the process's ru_maxrss). The table is printed and written to `--out` (markdown).
+Per point: wall time of the process (imports included), data preparation time (bare TRL: `load_dataset` + the split +
+TRL's `_prepare_dataset`; the framework: `load_preference_data`, which includes TRL's tokenization on a miss) and the
+peak memory of the whole process tree (the point and its tokenizer workers), polled every POLL_S from the parent:
+summed RSS (counts pages forked workers share with their parent once per process) and summed PSS (each shared page
+split between its sharers: the memory the tree really holds). Each condition runs `--repeats` times (fresh caches
+each time, conditions interleaved so that a change in the machine's load hits all of them); the table gives medians.
+Printed and written to `--out` (markdown).
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ REPO = Path(__file__).resolve().parents[2]
 # Small on purpose: on CPU, evaluating is the slow part of a 2-step point (1000 pairs take ~100 s on tiny_llama),
 # and this benchmark is about preparing the data.
 EVAL_ROWS = 100
-BETAS = (0.1, 0.2, 0.3, 0.4)
+BETAS = (0.1, 0.2)
 TARGETS = {"first": 1.3, "second": 1.5, "rss": 1.2}
+POLL_S = 0.1
 WORDS = [
     "the",
     "model",
@@ -148,7 +158,7 @@ def _point_trl(data: Path, work: Path, beta: float) -> dict[str, Any]:
     return {"prep_s": prep, "train_s": train_s, "eval_s": time.perf_counter() - t, "train_rows": len(split["train"])}
 
 
-def _point_ours(data: Path, work: Path, beta: float) -> dict[str, Any]:
+def _point_ours(data: Path, work: Path, beta: float, num_proc: int | None = None) -> dict[str, Any]:
     from dpo_sweeps.bench.cpu import _compose
     from dpo_sweeps.config.schema import register_schemas
     from dpo_sweeps.paths import register_path_resolvers
@@ -177,17 +187,24 @@ def _point_ours(data: Path, work: Path, beta: float) -> dict[str, Any]:
             "logger=none",
             "training.max_steps=2",
             "training.eval_before_training=false",
+            # No generation: bare TRL generates nothing (eval.gen_prompts=0 alone turns the generation eval off once
+            # it no longer takes max(gen_prompts, sample_completions); both are set so that it is off either way).
+            "eval.gen_prompts=0",
             "training.sample_completions=0",
             "training.save_model=false",
             f"dataset.eval_max_rows={EVAL_ROWS}",
             "ref_cache.enabled=false",
             f"data_cache.dir={work.parent / 'data_cache'}",
             f"beta={beta}",
+            *([f"dataset.num_proc={num_proc}"] if num_proc else []),
         ]
     )
     work.mkdir(parents=True, exist_ok=True)
     metrics = train.run_training(cfg, work)
+    from dpo_sweeps.data.tokenize import num_proc as tokenizer_processes
+
     return {
+        "num_proc": tokenizer_processes(cfg, metrics["data/train_rows"]) or 1,
         "prep_s": prep,
         "train_s": metrics["train_runtime"],
         "eval_s": metrics.get("eval_runtime"),
@@ -200,41 +217,68 @@ def _child(which: str, data: str, work: str, beta: float) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    import resource
-
-    fn = {"trl": _point_trl, "ours": _point_ours}[which]
-    result = fn(Path(data), Path(work), beta)
-    # ru_maxrss is in KiB on Linux. Tokenizer worker processes (dataset_num_proc) are reported apart: forked from
-    # this process, they share most of its pages, so adding the two would count those twice.
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["workers_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if which == "trl":
+        result = _point_trl(Path(data), Path(work), beta)
+    else:  # "ours" (the framework's default processes) or "ours1" (one process, as bare TRL)
+        result = _point_ours(Path(data), Path(work), beta, num_proc=1 if which == "ours1" else None)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------- the parent
 
 
+def _tree_memory(pid: int) -> tuple[float, float]:
+    """(summed RSS, summed PSS) in MB of `pid` and all its descendants, read from /proc (psutil)."""
+    import psutil
+
+    rss = pss = 0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    for proc in procs:
+        try:
+            full = proc.memory_full_info()  # smaps_rollup: pss too
+            rss, pss = rss + full.rss, pss + full.pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return rss / 2**20, pss / 2**20
+
+
 def run_point(which: str, data: Path, work: Path, beta: float, env: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps.bench.data", "--child", which, str(data), str(work), str(beta)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out, err = proc.communicate(timeout=3600)
-    wall = time.perf_counter() - started
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dpo_sweeps.bench.data", "--child", which, str(data), str(work), str(beta)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        peak_rss = peak_pss = 0.0
+        deadline = time.monotonic() + 3600
+        while proc.poll() is None:
+            rss, pss = _tree_memory(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(POLL_S)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{which} point failed:\n{err[-3000:]}")
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {"which": which, "wall_s": wall, **result}
+        raise RuntimeError(f"{which} point failed:\n{stderr[-3000:]}")
+    result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
+    return {"which": which, "wall_s": wall, "tree_rss_mb": peak_rss, "tree_pss_mb": peak_pss, **result}
 
 
-def bench_size(rows: int, work: Path) -> dict[str, Any]:
+def bench_once(data: Path, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """One repeat: bare TRL uncached + cached, the framework's first + second point with one process and with its
+    default, each condition on fresh caches."""
     work.mkdir(parents=True, exist_ok=True)
-    data = generate(work / f"prefs_{rows}.jsonl", rows)
     env = {
         **os.environ,
         "HF_DATASETS_CACHE": str(work / "hf_datasets_cache"),  # bare TRL's first run starts with an empty cache
@@ -244,53 +288,71 @@ def bench_size(rows: int, work: Path) -> dict[str, Any]:
         "TQDM_DISABLE": "1",
         "PYTHONPATH": str(REPO),
     }
-    # Interleaved, so that a change in the machine's load between the start and the end hits both sides.
-    print(f"{rows} rows: bare TRL, uncached ...", flush=True)
-    trl_first = run_point("trl", data, work / "trl1", BETAS[0], env)
-    ours = []
+    runs: dict[str, list[dict[str, Any]]] = {"trl": [], "ours1": [], "ours": []}
+    # Interleaved: first points of every condition, then second points.
     for i, beta in enumerate(BETAS):
-        if i == 1:
-            print(f"{rows} rows: bare TRL, cached ...", flush=True)
-            trl_second = run_point("trl", data, work / "trl2", BETAS[1], env)
-        print(f"{rows} rows: framework point {i + 1} (beta={beta}) ...", flush=True)
-        ours.append(run_point("ours", data, work / f"ours{i}", beta, env))
-    shutil.rmtree(work / "hf_datasets_cache", ignore_errors=True)
-    return {"rows": rows, "trl": [trl_first, trl_second], "ours": ours}
+        for which in runs:
+            print(f"  {which} point {i + 1} ...", flush=True)
+            runs[which].append(run_point(which, data, work / which / f"p{i}", beta, env))
+    shutil.rmtree(work, ignore_errors=True)
+    return runs
 
 
-def _table(results: list[dict[str, Any]]) -> str:
+def bench_size(rows: int, work: Path, repeats: int) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    data = generate(work / f"prefs_{rows}.jsonl", rows)
+    reps = []
+    for r in range(repeats):
+        print(f"{rows} rows, repeat {r + 1}/{repeats}:", flush=True)
+        reps.append(bench_once(data, work / f"rep{r}"))
+    return {"rows": rows, "repeats": reps}
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(v for v in values if v is not None)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def _table(results: list[dict[str, Any]], repeats: int) -> str:
     def ok(ratio: float, target: float) -> str:
-        return f"<= {target} {'ok' if ratio <= target else 'MISSED'}"
+        return f"{ratio:.2f} (<= {target} {'ok' if ratio <= target else 'MISSED'})"
 
     lines = [
         f"Machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}",
+        f"{platform.system()} {platform.release()}. Medians of {repeats} repeat(s).",
         "",
-        "| rows | measure | bare TRL | dpo_sweeps | ratio | target |",
-        "|---|---|---|---|---|---|",
+        "| rows | measure | bare TRL (1 process) | dpo_sweeps, 1 process | ratio (same work) | dpo_sweeps, default "
+        "processes | ratio (each side's default) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        (t1, t2), ours = r["trl"], r["ours"]
-        n = f"{r['rows'] // 1000}k"
-        first, second = ours[0]["wall_s"] / t1["wall_s"], ours[1]["wall_s"] / t2["wall_s"]
-        rss = max(o["peak_rss_mb"] for o in ours) / max(t["peak_rss_mb"] for t in (t1, t2))
-        sweep_prep = sum(o["prep_s"] for o in ours)
+        n = f"{r['rows'] // 1000}k" if r["rows"] >= 1000 else str(r["rows"])
+
+        def row(measure: str, point: int, key: str, fmt: str, target: float | None = None, r=r, n=n) -> str:
+            t, o1, o = (_median([rep[w][point][key] for rep in r["repeats"]]) for w in ("trl", "ours1", "ours"))
+            ratio = (lambda x: ok(x, target)) if target else (lambda x: f"{x:.2f}")
+            return (
+                f"| {n} | {measure} | {fmt.format(t)} | {fmt.format(o1)} | {ratio(o1 / t)} | {fmt.format(o)} | "
+                f"{ratio(o / t)} |"
+            )
+
+        procs = sorted({rep["ours"][0].get("num_proc") for rep in r["repeats"]} - {None})
         lines += [
-            f"| {n} | train / eval seconds, first point | {t1['train_s']:.1f} / {t1['eval_s']:.1f} s | "
-            f"{ours[0]['train_s']:.1f} / {ours[0]['eval_s']:.1f} s | | |",
-            f"| {n} | first point, wall (uncached) | {t1['wall_s']:.1f} s | {ours[0]['wall_s']:.1f} s | {first:.2f} | "
-            f"{ok(first, TARGETS['first'])} |",
-            f"| {n} | second point, wall (cached) | {t2['wall_s']:.1f} s | {ours[1]['wall_s']:.1f} s | {second:.2f} | "
-            f"{ok(second, TARGETS['second'])} |",
-            f"| {n} | data preparation, first / second point | {t1['prep_s']:.1f} / {t2['prep_s']:.1f} s | "
-            f"{ours[0]['prep_s']:.1f} / {ours[1]['prep_s']:.1f} s | | |",
-            f"| {n} | 4-point beta sweep, total preparation (vs the first point's) | | {sweep_prep:.1f} s "
-            f"({ours[0]['prep_s']:.1f} s) | {sweep_prep / ours[0]['prep_s']:.2f} | about 1 |",
-            f"| {n} | peak RSS (largest point) | {max(t['peak_rss_mb'] for t in (t1, t2)):.0f} MB | "
-            f"{max(o['peak_rss_mb'] for o in ours):.0f} MB | {rss:.2f} | {ok(rss, TARGETS['rss'])} |",
-            f"| {n} | data cache per point; tokenizer workers' peak RSS | | "
-            f"{', '.join(o['data_cache'] for o in ours)}; {max(o['workers_peak_rss_mb'] for o in ours):.0f} MB | | |",
+            row("first point, wall (uncached)", 0, "wall_s", "{:.1f} s", TARGETS["first"]),
+            row("second point, wall (cached)", 1, "wall_s", "{:.1f} s", TARGETS["second"]),
+            row("data preparation, first point", 0, "prep_s", "{:.1f} s"),
+            row("data preparation, second point", 1, "prep_s", "{:.2f} s"),
+            row("train seconds, first point", 0, "train_s", "{:.1f} s"),
+            row("eval seconds, first point", 0, "eval_s", "{:.1f} s"),
+            row("peak RSS, whole process tree, first point", 0, "tree_rss_mb", "{:.0f} MB", TARGETS["rss"]),
+            row("peak PSS, whole process tree, first point", 0, "tree_pss_mb", "{:.0f} MB", TARGETS["rss"]),
+            row("peak PSS, whole process tree, second point", 1, "tree_pss_mb", "{:.0f} MB", TARGETS["rss"]),
         ]
+        caches = {f"{rep['ours1'][0]['data_cache']}/{rep['ours1'][1]['data_cache']}" for rep in r["repeats"]}
+        lines.append(f"| {n} | data cache, first/second point | | {', '.join(sorted(caches))} | | | |")
+        if procs:
+            lines.append(f"| {n} | tokenizer processes, default | 1 | 1 | | {procs} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -301,18 +363,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="python -m dpo_sweeps.bench.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="30000,100000", help="comma-separated dataset sizes")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every condition; the table gives medians")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench" / "data.md"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="dpo_sweeps_bench_data_") as tmp:
         for rows in (int(r) for r in args.rows.split(",")):
-            results.append(bench_size(rows, Path(tmp) / str(rows)))
-    table = _table(results) + f"\nBench wall time: {time.perf_counter() - started:.0f} s.\n"
+            results.append(bench_size(rows, Path(tmp) / str(rows), args.repeats))
+    table = _table(results, args.repeats) + f"\nBench wall time: {time.perf_counter() - started:.0f} s.\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    print("\n" + table + f"\nWritten to {out}")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print("\n" + table + f"\nWritten to {out} (raw runs: {out.with_suffix('.json')})")
 
 
 if __name__ == "__main__":

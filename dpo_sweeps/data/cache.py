@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     removed = prune(args.dir, args.older_than_hours * 3600)
     print(
-        f"Removed {len(removed)} superseded entr{'y' if len(removed) == 1 else 'ies'}: " + ", ".join(map(str, removed))
+        f"Removed {len(removed)} superseded entr{'y' if len(removed) == 1 else 'ies'} from {args.dir}"
+        + "".join(f"\n  {p}" for p in removed)
     )
 
 

@@ -226,3 +226,23 @@ def test_job_ids_recorded_in_sweep_points_json_win_over_the_submitit_folders(tmp
     (sweep / ".submitit" / "5_0").mkdir(parents=True)
     (sweep / ".submitit" / "5_1").mkdir()
     assert [p.job_id for p in status.collect(sweep, query_slurm=False)] == ["77_0", "77_1"]
+
+
+def test_a_point_the_launcher_recorded_cancelled_reads_cancelled_in_status_summary_and_report(tmp_path):
+    from dpo_sweeps.report.sweep_report import write_sweep_report
+    from dpo_sweeps.sweep.callbacks import collect, format_summary
+
+    sweep = _sweep(tmp_path, ["beta=0.1", "beta=0.2"])
+    done = _point(sweep, "beta=0.1", "completed")
+    run_folder.write_json_atomic(done / "metrics.json", {"objective_value": 0.9, "eval_rewards/accuracies": 0.9})
+    # As slurm/watch.py records a task scancelled before it wrote a result.
+    error = "SLURM task 7_1 ended CANCELLED (reason None, exit code 0:15) without a result: cancelled (scancel by you)"
+    _point(sweep, "beta=0.2", "cancelled", error=error, slurm={"state": "CANCELLED", "job_id_submitted": "7_1"})
+    points = {p.name: p for p in status.collect(sweep, query_slurm=False)}
+    assert points["beta=0.2"].state == "cancelled" and "CANCELLED" in points["beta=0.2"].reason
+    assert status.exit_code(list(points.values())) == 1
+    summary = format_summary(collect(sweep))
+    assert summary.startswith("Sweep summary: 1 completed, 1 cancelled"), summary
+    assert "cancelled" in summary.splitlines()[-1] and "scancel" in summary
+    report = write_sweep_report(sweep)
+    assert "cancelled" in report.table

@@ -60,7 +60,7 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
 	$(PY) -m dpo_sweeps.bench
 
-bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: ~1.5 h on 2 cores)
+bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: est. ~1.5 h on 2 cores)
 	$(PY) -m dpo_sweeps.bench.data --rows $(BENCH_ROWS) --repeats 3
 
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`; BENCH_SUBMIT_ARGS=--stock adds the stock launcher)

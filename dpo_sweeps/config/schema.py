@@ -205,8 +205,8 @@ class TrainingConfig:
     save_model: bool = True
     # How many of the generation eval's answers go to samples.jsonl (reference vs trained policy); 0 = none.
     sample_completions: int = 4
-    # Longest answer the generation eval (and samples.jsonl) lets a model write, in tokens.
-    max_new_tokens: int = 48
+    # Longest answer the generation eval (and samples.jsonl) lets a model write, in tokens (training=default: 128).
+    max_new_tokens: int = 128
     # Torch threads per run on CPU; null = torch's default.
     cpu_threads: int | None = None
     # Sharding over the job's ranks (full-parameter DPO of big models); off = DDP when a job has several ranks.
@@ -268,11 +268,15 @@ class DataCacheConfig:
 @dataclass
 class EvalConfig:
     # Generation eval (dpo_sweeps/eval/): held-out prompts answered before and after training, scored, KL to the
-    # reference. Cost: 2 x gen_prompts answers of at most training.max_new_tokens tokens. 0 = off (samples.jsonl
-    # still gets training.sample_completions answers).
+    # reference. Cost: 2 x max(gen_prompts, training.sample_completions) answers of at most training.max_new_tokens
+    # tokens. 0 = off: nothing is generated, no gen/ metrics and no samples.jsonl.
     gen_prompts: int = 8
-    # 1.0 = sample from the model's own distribution (gen/kl_to_ref is then a KL estimate); 0 = greedy.
+    # 1.0 = sample from the model's own distribution (gen/kl_to_ref is then a KL estimate); 0 = greedy; anything but
+    # 1.0 reports gen/logratio_to_ref instead (a log-ratio, not a KL).
     temperature: float = 1.0
+    # Nats per token: flag a run (gen/fluency_flag, a warning, the report, the model card) whose answers, scored by the
+    # reference model, are this much less likely than the reference's own answers (0.3: each token ~26% less likely).
+    max_fluency_drop: float = 0.3
     # Sampling seed: the same run gives the same answers; before and after use the same one.
     seed: int = 0
     # Prompts generated at once (left-padded).

@@ -329,6 +329,11 @@ def _check_eval(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"eval.batch_size={e.batch_size}: must be >= 1.")
     if e.temperature < 0:
         problems.append(f"eval.temperature={e.temperature}: must be >= 0 (0 = greedy, 1 = the model's distribution).")
+    if e.max_fluency_drop < 0:
+        problems.append(
+            f"eval.max_fluency_drop={e.max_fluency_drop}: nats per token the trained answers may lose under the "
+            "reference before the run is flagged; must be >= 0 (default 0.3)."
+        )
     if cfg.training.max_new_tokens < 1:
         problems.append(f"training.max_new_tokens={cfg.training.max_new_tokens}: must be >= 1.")
     if e.rule is not None:

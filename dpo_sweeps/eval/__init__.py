@@ -1,8 +1,10 @@
 """Generation-based evaluation: what a run's model *says* before and after training.
 
-`generation` answers held-out prompts before and after training and measures score, win rate, KL to the reference
-and the share of answers that finish; `scorers/` says how good an answer is (a rule, a reward model); `samples`
-writes a few answers of the reference and the trained policy side by side (samples.jsonl, a W&B table).
+`generation` answers held-out prompts before and after training; `measures` turns the answers into numbers (score,
+win rate, KL to the reference or a log-ratio outside the KL regime, fluency under the reference, the share of answers
+that finish, each with its standard error over prompts); `scorers/` says how good an answer is (a rule, a reward
+model); `samples` writes a few answers of the reference and the trained policy side by side (samples.jsonl, a W&B
+table).
 Imported inside the job only (torch), except `scorers`' registry, which validation reads.
 """
 

@@ -160,21 +160,62 @@ def _generation_section(metrics: dict[str, Any]) -> str:
     """The generation eval (dpo_sweeps/eval/): answers to held-out prompts from the reference and the trained model."""
     if not any(k.startswith("gen/") for k in metrics):
         return ""
-    fmt = lambda v: "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+
+    def fmt(key: str | None) -> str:
+        v = metrics.get(key) if key else None
+        if v is None:
+            return "n/a"
+        se = metrics.get(f"{key}_se")
+        text = f"{v:.4f}" if isinstance(v, float) else str(v)
+        return text + (f" ± {se:.4f}" if isinstance(se, int | float) else "")
+
+    # A KL only in the KL regime (eval/measures.py); otherwise the same mean under its own name.
+    ratio, ratio_label = (
+        ("gen/kl_to_ref", "KL to the reference (nats)")
+        if "gen/kl_to_ref" in metrics or "gen/logratio_to_ref" not in metrics
+        else ("gen/logratio_to_ref", "log-ratio to the reference (nats, not a KL)")
+    )
     rows = [
-        ("score (mean)", metrics.get("gen/score_before"), metrics.get("gen/score_after")),
-        ("answers that finish", metrics.get("gen/finished_before"), metrics.get("gen/finished_after")),
-        ("answer length (tokens)", metrics.get("gen/mean_tokens_before"), metrics.get("gen/mean_tokens")),
-        ("KL to the reference (nats)", metrics.get("gen/kl_to_ref_before"), metrics.get("gen/kl_to_ref")),
+        ("score (mean)", "gen/score_before", "gen/score_after"),
+        ("answers that finish", "gen/finished_before", "gen/finished_after"),
+        ("answer length (tokens)", "gen/mean_tokens_before", "gen/mean_tokens"),
+        (ratio_label, f"{ratio}_before", ratio),
+        (
+            "log-prob per token under the reference (fluency)",
+            "gen/ref_logprob_per_token_before",
+            "gen/ref_logprob_per_token_after",
+        ),
     ]
-    notes = [metrics[k] for k in ("gen/score_note", "gen/kl_to_ref_note") if metrics.get(k)]
+    notes = [metrics[k] for k in ("gen/score_note", "gen/kl_regime_note", "gen/kl_to_ref_note") if metrics.get(k)]
+    if metrics.get("gen/fluency_flag"):
+        notes.insert(
+            0,
+            f"**Fluency flag**: scored by the reference model, the trained answers are "
+            f"{metrics['gen/fluency_drop']:.3f} nats per token less likely than the reference's own answers, more "
+            f"than eval.max_fluency_drop={metrics.get('gen/max_fluency_drop')}. A rule scorer cannot see this; read "
+            "the samples before trusting the score.",
+        )
     return (
         f"\n\nAnswers to {metrics.get('gen/prompts', 'n/a')} held-out prompts (at most "
         f"{metrics.get('gen/max_new_tokens', 'n/a')} new tokens, temperature {metrics.get('gen/temperature', 'n/a')}), "
         f"scored by `{metrics.get('gen/scorer', 'none')}`; win rate against the reference: "
-        f"{fmt(metrics.get('gen/win_rate_vs_ref'))}.\n\n| Generation | Reference (before) | After training |\n|---|---|---|\n"
+        f"{fmt('gen/win_rate_vs_ref')}. Means over the prompts ± their standard error."
+        "\n\n| Generation | Reference (before) | After training |\n|---|---|---|\n"
         + "\n".join(f"| {label} | {fmt(b)} | {fmt(a)} |" for label, b, a in rows)
         + "".join(f"\n\nNote: {n}" for n in notes)
+    )
+
+
+def _source_line(cfg: DictConfig) -> str:
+    """What was trained when it is not the checkpoint `base_model` names (a GGUF copy of it, dequantized)."""
+    if not cfg.model.gguf:
+        return ""
+    from dpo_sweeps.models.gguf import source_description
+
+    return (
+        f"\n\nWhat was trained is not the `{cfg.model.name_or_path}` checkpoint itself but its quantized copy: "
+        f"{source_description(cfg.model.gguf)} (`base_model_source` in metrics.json and the W&B config). Expect it "
+        "to differ slightly from the original weights."
     )
 
 
@@ -250,7 +291,7 @@ def render_model_card(
 
 This model is a fine-tuned version of `{base_model_id(cfg)}` on `{dataset_id(cfg)}` with Direct Preference
 Optimization (DPO){" and LoRA" if cfg.lora.enabled else ""}, trained with [TRL](https://github.com/huggingface/trl)
-through [dpo_sweeps](https://github.com/dpo-sweeps/dpo_sweeps).
+through [dpo_sweeps](https://github.com/dpo-sweeps/dpo_sweeps).{_source_line(cfg)}
 
 ## Quick start
 

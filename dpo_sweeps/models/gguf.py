@@ -11,8 +11,10 @@ plain folder (well under a second), and the reference cache can hash its weights
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -74,6 +76,24 @@ def missing_packages(spec: str) -> str | None:
     return f"model.gguf={spec} needs the Python package(s) {', '.join(missing)}, not installed here. Install with: " + (
         "; ".join(install_command(p) for p in missing) + "."
     )
+
+
+def quantization_of(filename: str) -> str:
+    """The GGUF quantization type in a file name by llama.cpp's convention (`X.Q4_1.gguf` -> Q4_1), else "unknown"."""
+    found = re.search(r"[.-]((?:I?Q\d+(?:_[A-Z0-9]+)*)|F16|F32|BF16)\.gguf$", filename, flags=re.IGNORECASE)
+    return found.group(1).upper() if found else "unknown"
+
+
+def source_description(spec: str) -> str:
+    """What is actually trained when a model comes from a GGUF file, for metrics.json, W&B and the model card: not
+    the hub checkpoint `name_or_path` names, but its quantized copy, dequantized. Reads package metadata only."""
+    package, filename = _split(spec)
+    try:
+        dists = importlib.metadata.packages_distributions().get(package) or [package.replace("_", "-")]
+        shipped_by = f"{dists[0]} {importlib.metadata.version(dists[0])}"
+    except importlib.metadata.PackageNotFoundError:
+        shipped_by = f"{package} (version unknown: not installed as a distribution)"
+    return f"gguf {quantization_of(filename)} from {shipped_by} ({filename}), dequantized to fp32"
 
 
 def converted_dir(spec: str) -> Path:

@@ -112,6 +112,10 @@ def run_identity(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> R
     config = OmegaConf.to_container(cfg, resolve=True)
     if search:
         config["search"] = search
+    if cfg.model.gguf:
+        from dpo_sweeps.models.gguf import source_description
+
+        config["base_model_source"] = source_description(cfg.model.gguf)
     config["run"] = {
         "overrides": overrides,
         "choices": choices,

@@ -263,6 +263,11 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # What a user sizes the next job by: the peak this process's GPU held over the whole run.
         metrics["gpu/peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     metrics["runtime_s"] = round(time.time() - started, 3)
+    if cfg.model.gguf:
+        from dpo_sweeps.models.gguf import source_description
+
+        # name_or_path names the hub checkpoint; what was trained is its quantized GGUF copy, dequantized.
+        metrics["base_model_source"] = source_description(cfg.model.gguf)
     metrics["objective_metric"] = cfg.objective.metric
     metrics["objective_value"] = metrics.get(cfg.objective.metric)
     tracker.finish({**metrics, **trial_job.wandb_summary("complete")})

@@ -39,8 +39,13 @@ METRIC_COLUMNS = {
     "gen/score_after": "score after",
     "gen/win_rate_vs_ref": "win rate",
     "gen/kl_to_ref": "KL to ref",
+    # The same mean outside the KL regime (another temperature, greedy, a logits processor): not a KL.
+    "gen/logratio_to_ref": "log-ratio to ref (not KL)",
     "gen/finished_before": "finished before",
     "gen/finished_after": "finished after",
+    # Fluency a rule scorer cannot see: mean log-prob per answer token under the reference (nats).
+    "gen/ref_logprob_per_token_before": "ref logp/token before",
+    "gen/ref_logprob_per_token_after": "ref logp/token after",
 }
 # Panels of curves.png: (metrics.jsonl key, title).
 CURVE_PANELS = (
@@ -144,9 +149,21 @@ def missing_reason(point: RunRecord, metric: str) -> str:
     return ""
 
 
+def fluency_note(point: RunRecord) -> str:
+    """The generation eval's fluency flag (dpo_sweeps/eval/measures.py), said in words; "" when it is not up."""
+    if point.metrics.get("gen/fluency_flag") is not True:
+        return ""
+    drop, limit = point.value("gen/fluency_drop"), point.value("gen/max_fluency_drop")
+    return (
+        f"fluency flag: answers {fmt(drop, 3)} nats/token less likely under the reference (> {fmt(limit, 3)}); "
+        "read samples.jsonl"
+    )
+
+
 def notes_for(point: RunRecord, metric: str) -> list[str]:
     reason = missing_reason(point, metric)
-    return point.notes + ([reason] if reason else [])
+    fluency = fluency_note(point)
+    return point.notes + ([fluency] if fluency else []) + ([reason] if reason else [])
 
 
 def csv_value(value: Any) -> Any:

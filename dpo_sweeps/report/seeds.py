@@ -2,10 +2,14 @@
 
 Called from `sweep_report.py` and `plots.py` (summary.csv, summary.md, plots/); stdlib and matplotlib only, like the report.
 
-    plots/reward_kl_frontier.png  generation score and win rate against gen/kl_to_ref, one point per sweep point
-                                  (and, when seeds are swept, one per configuration: mean with 95% intervals both ways)
+    plots/reward_kl_frontier.png  generation score and win rate against gen/kl_to_ref (gen/logratio_to_ref when the
+                                  points are not in the KL regime, labelled so), one point per sweep point with
+                                  +-1 standard error over prompts both ways (and, when seeds are swept, one per
+                                  configuration: mean with 95% intervals over seeds both ways)
     summary_by_config.csv         when `seed` is swept: one row per configuration (every override except seed) with
-                                  `n` and, for each headline metric, `<metric>_mean` and `<metric>_ci95`
+                                  `n` (points with the objective), `seeds`, the seeds that failed, are unfinished or
+                                  missing, and for each headline metric `<metric>_mean`, `<metric>_ci95` and
+                                  `<metric>_n` (the points it averages: a metric missing from a point counts less)
     plots/<metric>_by_<param>_mean.png   the headline metrics against each swept parameter, mean over seeds, with
                                   95% error bars
 
@@ -29,12 +33,19 @@ from dpo_sweeps.report.points import (
     safe_filename,
     value_order,
 )
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord, finite
 
 BY_CONFIG_CSV = "summary_by_config.csv"
 FRONTIER_PNG = "reward_kl_frontier.png"
 SEED_KEY = "seed"
 KL_KEY = "gen/kl_to_ref"
+# The same mean outside the KL regime (dpo_sweeps/eval/measures.py): drawn, but never called a KL.
+LOGRATIO_KEY = "gen/logratio_to_ref"
+X_LABELS = {
+    KL_KEY: "KL to reference (nats, gen/kl_to_ref)",
+    LOGRATIO_KEY: "log-ratio to reference (nats, gen/logratio_to_ref): not a KL, see gen/kl_regime_note",
+}
 # y axes of the frontier: (metrics.json key, label).
 FRONTIER_PANELS = (("gen/score_after", "generation score after training"), ("gen/win_rate_vs_ref", "win rate vs ref"))
 # Metrics aggregated over seeds (the objective is added when it is another one).
@@ -46,6 +57,8 @@ HEADLINE_METRICS = (
     "gen/score_after",
     "gen/win_rate_vs_ref",
     "gen/kl_to_ref",
+    "gen/logratio_to_ref",
+    "gen/ref_logprob_per_token_after",
     "gen/finished_before",
     "gen/finished_after",
 )
@@ -84,19 +97,43 @@ def headline_metrics(metric: str) -> list[str]:
     return list(HEADLINE_METRICS) + ([metric] if metric not in HEADLINE_METRICS else [])
 
 
+def _seed(point: RunRecord) -> str:
+    return point.overrides.get(SEED_KEY, "")
+
+
 def aggregate(points: list[RunRecord], swept: list[str], metric: str) -> list[dict[str, Any]]:
-    """One row per configuration: its swept values, n (points with the objective metric), seeds, mean and ci95."""
+    """One row per configuration: its swept values, n (points with the objective metric), its seeds, the seeds that
+    failed, are unfinished (running, requeued) or missing (run by other configurations, not this one), and for each
+    headline metric its mean, ci95 and n (the points that have it)."""
     keys = [k for k in swept if k != SEED_KEY]
+    every_seed = sorted({_seed(p) for p in points}, key=value_order)
     rows = []
     for label, group in group_by_config(points, swept).items():
         row: dict[str, Any] = {"config": label, **{k: group[0].overrides.get(k, "") for k in keys}}
         row["n"] = sum(finite(p.value(metric)) for p in group)
-        row["seeds"] = " ".join(sorted((p.overrides.get(SEED_KEY, "") for p in group), key=value_order))
+        seeds = sorted((_seed(p) for p in group), key=value_order)
+        row["seeds"] = " ".join(seeds)
+        row["seeds_failed"] = " ".join(_seed(p) for p in group if p.state == run_folder.FAILED)
+        row["seeds_unfinished"] = " ".join(
+            _seed(p) for p in group if p.state not in (run_folder.FAILED, run_folder.COMPLETED)
+        )
+        row["seeds_missing"] = " ".join(s for s in every_seed if s not in seeds)
         for key in headline_metrics(metric):
-            mean, ci = mean_ci95([p.value(key) for p in group if finite(p.value(key))])
-            row[f"{key}_mean"], row[f"{key}_ci95"] = mean, ci
+            values = [p.value(key) for p in group if finite(p.value(key))]
+            mean, ci = mean_ci95(values)
+            row[f"{key}_mean"], row[f"{key}_ci95"], row[f"{key}_n"] = mean, ci, len(values)
         rows.append(row)
     return rows
+
+
+def not_counted(row: dict[str, Any]) -> str:
+    """The seeds a configuration's means leave out, in words ("" when none)."""
+    parts = [
+        f"seed {' '.join(row[key].split())} {what}"
+        for key, what in (("seeds_failed", "failed"), ("seeds_unfinished", "unfinished"), ("seeds_missing", "missing"))
+        if row.get(key)
+    ]
+    return "; ".join(parts)
 
 
 def write_by_config(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -110,23 +147,26 @@ def write_by_config(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
-    """summary.md's "Seeds aggregated" section: mean ± 95% interval per configuration."""
+    """summary.md's "Seeds aggregated" section: mean ± 95% interval per configuration, the seeds left out named."""
     shown = [m for m in headline_metrics(metric) if any(r.get(f"{m}_mean") is not None for r in rows)]
     lines = [
         "",
         "## Seeds aggregated",
         "",
         f"One row per configuration (every override except `seed`): mean ± 95% interval over its seeds "
-        f"(Student t; none for one seed). Also in `{BY_CONFIG_CSV}`.",
+        f"(Student t; none for one seed). `n` counts the points with `{metric}`; a metric that fewer points have "
+        f"shows its own count. Also in `{BY_CONFIG_CSV}`.",
         "",
-        "| " + " | ".join(["configuration", "n", "seeds", *[f"`{m}`" for m in shown]]) + " |",
-        "|" + "---|" * (3 + len(shown)),
+        "| " + " | ".join(["configuration", "n", "seeds", "not counted", *[f"`{m}`" for m in shown]]) + " |",
+        "|" + "---|" * (4 + len(shown)),
     ]
     for r in rows:
-        cells = [r["config"], str(r["n"]), r["seeds"]]
+        cells = [r["config"], str(r["n"]), r["seeds"], not_counted(r) or "-"]
         for m in shown:
-            mean, ci = r.get(f"{m}_mean"), r.get(f"{m}_ci95")
-            cells.append(fmt(mean) + (f" ± {fmt(ci, 2)}" if ci is not None else ""))
+            mean, ci, n = r.get(f"{m}_mean"), r.get(f"{m}_ci95"), r.get(f"{m}_n")
+            cells.append(
+                fmt(mean) + (f" ± {fmt(ci, 2)}" if ci is not None else "") + (f" (n={n})" if n != r["n"] else "")
+            )
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -134,18 +174,33 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
 # ------------------------------------------------------------------------------------------------ plots
 
 
+def frontier_x(points: list[RunRecord]) -> str:
+    """The frontier's x: gen/kl_to_ref when any point measured a KL, else gen/logratio_to_ref (never both on one
+    axis: a sweep that mixes them draws the KL points and lists the others as excluded)."""
+    if any(finite(p.value(LOGRATIO_KEY)) for p in points) and not any(finite(p.value(KL_KEY)) for p in points):
+        return LOGRATIO_KEY
+    return KL_KEY
+
+
 def plot_frontier(
     plt, plots_dir: Path, points: list[RunRecord], swept: list[str], pareto: set[str] | None = None
 ) -> dict[str, Any] | None:
-    """Score / win rate against KL to the reference: every point, plus per-configuration means when seeds vary.
+    """Score / win rate against KL to the reference: every point (± 1 standard error over prompts when seeds are not
+    swept), plus per-configuration means with 95% intervals over seeds when they are.
     `pareto`: the point folders a multi-objective search found Pareto-optimal (ringed, listed in the manifest).
     None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
     if not any(k.startswith("gen/") for p in points for k in p.metrics):
         return None
-    entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": KL_KEY, "panels": []}
-    have = [p for p in points if finite(p.value(KL_KEY)) and any(finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
+    x_key = frontier_x(points)
+    entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": x_key, "x_label": X_LABELS[x_key]}
+    entry["panels"] = []
+    have = [p for p in points if finite(p.value(x_key)) and any(finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
+    other = ({KL_KEY, LOGRATIO_KEY} - {x_key}).pop()
+    excluded = [p.name for p in points if p not in have and finite(p.value(other))]
+    if excluded:
+        entry["excluded"] = {"points": excluded, "reason": f"they have {other}, not {x_key}"}
     if not have:
-        entry["skipped"] = f"no point has {KL_KEY} and a generation score (is a scorer configured? see gen/score_note)"
+        entry["skipped"] = f"no point has {x_key} and a generation score (is a scorer configured? see gen/score_note)"
         return entry
     with_seeds = seeds_swept(swept)
     groups = group_by_config(have, swept) if with_seeds else {}
@@ -153,10 +208,21 @@ def plot_frontier(
     fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(6 * len(FRONTIER_PANELS), 4.5), squeeze=False)
     for ax, (key, title) in zip(axes[0], FRONTIER_PANELS, strict=True):
         panel: dict[str, Any] = {"y": key, "points": [], "configs": []}
-        xy = [(p.value(KL_KEY), p.value(key), p) for p in have if finite(p.value(key))]
-        ax.scatter(
-            [x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45 if with_seeds else 0.9, label="sweep points"
-        )
+        xy = [(p.value(x_key), p.value(key), p) for p in have if finite(p.value(key))]
+        if with_seeds:
+            ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45, label="sweep points")
+        else:
+            # One seed: the only spread there is is over the prompts (standard error of each mean).
+            se = [(p.value(f"{x_key}_se"), p.value(f"{key}_se")) for _, _, p in xy]
+            ax.errorbar(
+                [x for x, _, _ in xy],
+                [y for _, y, _ in xy],
+                xerr=[xe if finite(xe) else 0.0 for xe, _ in se],
+                yerr=[ye if finite(ye) else 0.0 for _, ye in se],
+                fmt="o",
+                capsize=3,
+                label="sweep points (± 1 standard error over prompts)",
+            )
         front = [(x, y) for x, y, p in xy if pareto and p.name in pareto]
         if front:
             ax.scatter(
@@ -170,26 +236,28 @@ def plot_frontier(
             )
             panel["pareto"] = sorted(p.name for _, _, p in xy if p.name in pareto)
         for x, y, p in xy:
+            point: dict[str, Any] = {"point": p.name, "x": x, "y": y}
             if not with_seeds:
                 ax.annotate(
                     point_label(p, label_keys), (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
                 )
-            panel["points"].append({"point": p.name, "x": x, "y": y})
+                point.update(x_se=p.value(f"{x_key}_se"), y_se=p.value(f"{key}_se"))
+            panel["points"].append(point)
         for label, group in groups.items():
-            mx, cx = mean_ci95([p.value(KL_KEY) for p in group if finite(p.value(key))])
+            mx, cx = mean_ci95([p.value(x_key) for p in group if finite(p.value(key))])
             my, cy = mean_ci95([p.value(key) for p in group if finite(p.value(key))])
             if mx is None or my is None:
                 continue
             ax.errorbar(mx, my, xerr=cx or 0, yerr=cy or 0, fmt="s", capsize=3, label=f"{label} (mean, 95%)")
             panel["configs"].append({"config": label, "x": mx, "y": my, "x_ci95": cx, "y_ci95": cy, "n": len(group)})
-        ax.set_xlabel("KL to reference (nats, gen/kl_to_ref)")
+        ax.set_xlabel(X_LABELS[x_key], fontsize="small")
         ax.set_ylabel(key)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        if groups or front:
-            ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small")
         entry["panels"].append(panel)
-    fig.suptitle("reward-KL frontier: what the answers gained against how far the policy moved")
+    moved = "how far the policy moved" if x_key == KL_KEY else "the log-ratio to the reference (not a KL)"
+    fig.suptitle(f"reward-KL frontier: what the answers gained against {moved}")
     fig.tight_layout()
     fig.savefig(plots_dir / FRONTIER_PNG, dpi=100)
     plt.close(fig)

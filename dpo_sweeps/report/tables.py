@@ -112,7 +112,7 @@ def text_table(points: list[RunRecord], metric: str) -> str:
         cols.append(metric)
         headers.append(metric)
     # The generation eval's headline numbers, where the points have them (what a real-model sweep is judged by).
-    for key in ("gen/score_before", "gen/score_after", "gen/kl_to_ref", "gen/finished_after"):
+    for key in ("gen/score_before", "gen/score_after", "gen/kl_to_ref", "gen/logratio_to_ref", "gen/finished_after"):
         if key not in cols and any(finite(p.value(key)) for p in points):
             cols.append(key)
             headers.append(METRIC_COLUMNS[key])

@@ -33,7 +33,22 @@ def test_lora_run_kl_is_zero_before_training_and_positive_after(tmp_path):
     last = run_folder.read_history(run_dir)[-1]
     assert last["gen/kl_to_ref"] == m["gen/kl_to_ref"] and last["step"] == m["global_step"]
     card = (run_dir / "README.md").read_text()
-    assert "| KL to the reference (nats) |" in card and f"{m['gen/kl_to_ref']:.4f}" in card
+    assert (
+        "| KL to the reference (nats) |" in card and f"{m['gen/kl_to_ref']:.4f} ± {m['gen/kl_to_ref_se']:.4f}" in card
+    )
+    # Sampled at temperature 1 with every processor off: a KL estimate, with its standard error over the 6 prompts.
+    assert m["gen/kl_regime"] is True and "gen/logratio_to_ref" not in m
+    before = read_json(run_dir / "gen_before.json")
+    scores = before["scores"]
+    mean = sum(scores) / 6
+    assert m["gen/score_before_se"] == pytest.approx((sum((s - mean) ** 2 for s in scores) / 5 / 6) ** 0.5)
+    # Fluency: the reference's own answers, per token, under the reference (LoRA: the adapter disabled).
+    per_token = [lp / len(ids) for lp, ids in zip(before["ref_logprobs"], before["completion_ids"], strict=True)]
+    assert m["gen/ref_logprob_per_token_before"] == pytest.approx(sum(per_token) / 6)
+    assert m["gen/fluency_drop"] == pytest.approx(
+        m["gen/ref_logprob_per_token_before"] - m["gen/ref_logprob_per_token_after"]
+    )
+    assert m["gen/fluency_flag"] is (m["gen/fluency_drop"] > 0.3)
     # samples.jsonl: the first training.sample_completions (2 in training=smoke) answers, before and after.
     samples = _samples(run_dir)
     before = read_json(run_dir / "gen_before.json")

@@ -169,6 +169,12 @@ def test_sweep_logs_one_grouped_offline_run_per_point_and_a_requeue_continues_it
         # The generation eval: in the summary and as a history row of its own section.
         assert run.summary["gen/kl_to_ref"] == metrics["gen/kl_to_ref"]
         assert [r["gen/score_after"] for r in run.history if "gen/score_after" in r] == [metrics["gen/score_after"]]
+        # Fluency under the reference, the flag and the standard errors reach the same gen/ section.
+        gen_row = next(r for r in run.history if "gen/score_after" in r)
+        for key in ("gen/ref_logprob_per_token_before", "gen/ref_logprob_per_token_after", "gen/fluency_drop",
+                    "gen/kl_to_ref_se", "gen/score_after_se", "gen/win_rate_vs_ref_se"):  # fmt: skip
+            assert gen_row[key] == pytest.approx(metrics[key]), key
+        assert gen_row["gen/fluency_flag"] == metrics["gen/fluency_flag"] and gen_row["gen/kl_regime"] is True
         assert run.summary["samples/nrows"] == 2 and run.summary["samples/_type"] == "table-file"
         assert run.exit_code == 0
         card = (point / run_folder.MODEL_CARD_FILE).read_text()

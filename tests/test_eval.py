@@ -68,6 +68,9 @@ def test_full_dpo_kl_uses_the_loaded_reference_or_says_why_it_is_missing(tmp_pat
     # Full DPO with the reference cache holds no reference model: no number, a reason.
     assert "gen/kl_to_ref" not in m and "gen/kl_to_ref_before" not in m
     assert "reference cache" in m["gen/kl_to_ref_note"]
+    # Nor a fluency measure: it needs the reference to score the answers.
+    assert "gen/ref_logprob_per_token_after" not in m and "gen/fluency_flag" not in m
+    assert "not measured" in m["gen/fluency_note"]
     assert "gen/score_after" in m and "gen/win_rate_vs_ref" in m
 
 

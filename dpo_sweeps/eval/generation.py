@@ -320,6 +320,7 @@ class GenerationEval:
                 "(gen/ref_logprob_per_token_*) not computed. Set ref_cache.enabled=false to keep the reference "
                 "loaded, or use LoRA."
             )
+            metrics["gen/fluency_note"] = "no reference model in memory: fluency under the reference not measured"
         fluency, warning = measures.fluency(metrics, self.cfg.eval.max_fluency_drop)
         metrics.update(fluency)
         if warning:

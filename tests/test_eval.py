@@ -215,7 +215,7 @@ def test_rules():
         (["eval.rule=starts_with"], "eval.rule=starts_with needs eval.rule_arg="),
         (["eval.scorer=rule", "dataset=local", "dataset.path=x.jsonl"], "eval.scorer=rule with dataset=local"),
         (["eval.temperature=-1"], "eval.temperature=-1"),
-        (["model=smollm2_135m", "model.gguf=no_such_pkg:m.gguf"], "make install"),
+        (["model=smollm2_135m", "model.gguf=no_such_pkg:m.gguf"], "needs the Python package(s) no_such_pkg"),
     ],
 )
 def test_bad_eval_settings_are_named(overrides, expected):

@@ -29,6 +29,10 @@ cache keeps no reference in memory, and then `gen/kl_to_ref_note` says why the K
 missing instead of a number.
 Generation leaves every random generator (CPU and each CUDA device) as it found it: it forks them all.
 The "before" results are kept in gen_before.json, so a requeued run does not lose (or recompute) them.
+
+Sharded models (FSDP): every forward pass all-gathers parameters from every rank, so a model that one rank runs alone
+waits forever for the others. With `synced=True` every rank runs the same evaluation (same prompts, same seed, so the
+same answers; `generate` runs with `synced_gpus` so no rank stops early) and only the `main` rank writes files.
 Imported inside the job only (torch).
 """
 
@@ -162,8 +166,9 @@ def _without_model_generation_defaults(model):
 
 
 @torch.no_grad()
-def generate(cfg: DictConfig, model, tokenizer, prompts: list[Any]) -> Answers:
-    """Sample (or greedily decode) one answer per prompt, in left-padded batches of `eval.batch_size`."""
+def generate(cfg: DictConfig, model, tokenizer, prompts: list[Any], synced: bool = False) -> Answers:
+    """Sample (or greedily decode) one answer per prompt, in left-padded batches of `eval.batch_size`. `synced`: every
+    rank of a sharded model calls this together (see the module docstring)."""
     e = cfg.eval
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -188,6 +193,9 @@ def generate(cfg: DictConfig, model, tokenizer, prompts: list[Any]) -> Answers:
                 do_sample=e.temperature > 0,
                 temperature=e.temperature if e.temperature > 0 else 1.0,
                 pad_token_id=pad,
+                # transformers detects only its own FSDP wrapping, not accelerate's: say it, or a rank whose answers
+                # all ended would stop joining the others' all-gathers.
+                synced_gpus=synced,
                 # The raw logits of every step give log pi(y|x) of the answer for free (no second forward pass); the
                 # processed scores are what the tokens were drawn from: equal in the KL regime.
                 output_logits=True,
@@ -255,8 +263,12 @@ def reference_logprobs(
 class GenerationEval:
     """Held-out prompts, the scorer, and the "before" answers of one run (see the module docstring)."""
 
-    def __init__(self, cfg: DictConfig, tokenizer, eval_dataset, run_dir: Path):
+    def __init__(
+        self, cfg: DictConfig, tokenizer, eval_dataset, run_dir: Path, main: bool = True, synced: bool = False
+    ):
         self.cfg, self.tokenizer, self.run_dir = cfg, tokenizer, Path(run_dir)
+        # `main` writes gen_before.json and samples.jsonl; `synced`: all ranks of a sharded model run this together.
+        self.main, self.synced = main, synced
         self.rows = eval_dataset.select(range(min(n_prompts(cfg), len(eval_dataset))))
         self.prompts = [row["prompt"] for row in self.rows]
         self.scorer, self.scorer_reason = build_scorer(cfg) if len(self.rows) else (None, "no prompts")
@@ -265,7 +277,7 @@ class GenerationEval:
 
     def _measure(self, model, reference, tokenizer) -> Answers:
         started = time.time()
-        answers = generate(self.cfg, model, tokenizer, self.prompts)
+        answers = generate(self.cfg, model, tokenizer, self.prompts, synced=self.synced)
         if self.scorer is not None:
             answers.scores = self.scorer.score(self.prompts, answers.texts)
         ref_lp = reference_logprobs(self.cfg, model, reference, tokenizer, self.prompts, answers)
@@ -286,13 +298,16 @@ class GenerationEval:
     def run_before(self, policy, reference=None) -> dict[str, Any]:
         """Measure the untrained policy (= the reference), or reload what a previous attempt of this run measured."""
         saved = run_folder.read_json(self.run_dir / BEFORE_FILE)
+        if self.synced:  # every rank must take the same branch (measuring is collective): the main rank decides
+            saved = _from_rank_zero(saved)
         if saved and len(saved.get("texts", [])) == len(self.prompts):
             self.before = Answers(**saved)
             log.info("Generation eval before training: kept from %s (a resumed run)", BEFORE_FILE)
         else:
             self.before = self._measure(policy, reference, self.tokenizer)
             self.before.metrics = measures.summary(self.before, "before")
-            run_folder.write_json_atomic(self.run_dir / BEFORE_FILE, asdict(self.before))
+            if self.main:
+                run_folder.write_json_atomic(self.run_dir / BEFORE_FILE, asdict(self.before))
         return self.before.metrics
 
     def run_after(self, policy, reference=None) -> dict[str, Any]:
@@ -334,5 +349,15 @@ class GenerationEval:
             }
         )
         self.samples = samples.sample_rows(self.cfg, self.rows, self.before, after)
-        samples.write(self.run_dir, self.samples)
+        if self.main:
+            samples.write(self.run_dir, self.samples)
         return metrics
+
+
+def _from_rank_zero(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (torch.distributed is initialised whenever `synced` is set)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -66,6 +66,27 @@ class NonFiniteLossGuard(TrainerCallback):
             )
 
 
+class InitialEvalAtStart(TrainerCallback):
+    """The evaluation before training, run by HF at the start of `train()` (`eval_on_start`) rather than before it.
+    Two reasons: FSDP2 shards the model together with its optimizer inside `train()`, and accelerate refuses to
+    prepare the model alone for an earlier `evaluate()`; and an `evaluate()` before `train()` changed what DDP
+    trained on (measured: step-1 gradient norm 2.148 with it, 1.735 without, 2 ranks), so training.eval_before_training
+    changed the results. Keeps the metrics (initial_eval_*) and writes initial_metrics.json on rank 0."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.metrics: dict[str, Any] = {}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.metrics or state.global_step != 0:
+            return
+        self.metrics = {
+            k.replace("eval_", "initial_eval_", 1): v for k, v in (metrics or {}).items() if k.startswith("eval_")
+        }
+        if state.is_world_process_zero:
+            run_folder.write_json_atomic(self.run_dir / "initial_metrics.json", self.metrics)
+
+
 def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: Any):
     """TRL's DPOConfig from our config groups: the single place where our keys map onto TRL's."""
     from trl import DPOConfig
@@ -120,6 +141,17 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
     }
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
+
+
+def parallelism(trainer) -> dict[str, Any]:
+    """What actually ran, for metrics.json: accelerate's distributed type (NO, MULTI_CPU/MULTI_GPU = DDP, FSDP), the
+    world size and the FSDP version. Set FSDP on a machine where accelerate does not enable it (CPUs) and this says
+    DDP: the run warns (see `run_training`) rather than let a user believe the model was sharded."""
+    state = trainer.accelerator.state
+    out: dict[str, Any] = {"type": str(state.distributed_type.value), "world_size": state.num_processes}
+    if trainer.is_fsdp_enabled:
+        out["fsdp_version"] = state.fsdp_plugin.fsdp_version
+    return out
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
@@ -208,6 +240,13 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer, models, data, ref_info = built.trainer, built.models, built.data, built.ref_info
     # A progress display and progress.json instead of HF's raw dict per logging step (console.py, progress.py).
     progress.install(trainer, run_dir)
+    ran = parallelism(trainer)
+    if cfg.training.fsdp.enabled and not trainer.is_fsdp_enabled:
+        log.warning(
+            "training.fsdp.enabled=true, but accelerate runs %s (it enables FSDP only on GPUs): the model is NOT "
+            "sharded. metrics.json records what ran (parallelism/type).",
+            ran["type"],
+        )
     if trainer.is_world_process_zero():
         sizes = {"train": len(data.train), **({"eval": len(data.eval)} if data.eval is not None else {})}
         print("\n".join(console.data_lines(data.stats, sizes)), flush=True)
@@ -216,6 +255,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer.add_callback(tracking.make_callback(tracker))
     resume_from = last_checkpoint(run_dir)
     metrics: dict[str, Any] = {}
+    initial_eval: InitialEvalAtStart | None = None
     if resume_from:
         log.info("Resuming from %s", resume_from)
         step = int(resume_from.rsplit("-", 1)[-1])
@@ -225,21 +265,26 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics.update(previous)
         metrics["resumed_from_step"] = step
     elif cfg.training.eval_before_training:
-        metrics.update(_eval_metrics(trainer, "initial_eval"))
-        if trainer.is_world_process_zero():
-            run_folder.write_json_atomic(run_dir / "initial_metrics.json", metrics)
+        initial_eval = InitialEvalAtStart(run_dir)
+        trainer.add_callback(initial_eval)
+        trainer.args.eval_on_start = True
     from dpo_sweeps.eval import GenerationEval, n_prompts
 
-    # Rank 0 answers the held-out prompts before training (kept in gen_before.json across requeues) and after.
+    # Rank 0 answers the held-out prompts before training (kept in gen_before.json across requeues) and after. A
+    # sharded model answers only with every rank taking part: then all ranks run it and rank 0 alone writes.
+    sharded = trainer.is_fsdp_enabled and trainer.accelerator.num_processes > 1
+    main = trainer.is_world_process_zero()
     gen_eval = (
-        GenerationEval(cfg, models.tokenizer, data.eval, run_dir)
-        if trainer.is_world_process_zero() and n_prompts(cfg) > 0
+        GenerationEval(cfg, models.tokenizer, data.eval, run_dir, main=main, synced=sharded)
+        if (main or sharded) and n_prompts(cfg) > 0
         else None
     )
     if gen_eval:
         gen_eval.run_before(trainer.model, models.reference)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     cluster.after_train()  # stopped for a preemption: requeue now (does not return)
+    if initial_eval is not None:
+        metrics.update(initial_eval.metrics)
     if trial_job.was_pruned():  # stopped by the search's pruner: keep what it has, skip the final evaluations
         metrics.update({**train_result.metrics, "global_step": trainer.state.global_step, **trial_job.pruned_metrics()})
         metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
@@ -255,13 +300,15 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if gen_eval:
         gen_metrics = gen_eval.run_after(trainer.model, models.reference)
         metrics.update(gen_metrics)
-        run_folder.append_history(run_dir, {"step": trainer.state.global_step, "time": time.time(), **gen_metrics})
-        tracker.log_metrics(gen_metrics, trainer.state.global_step)
-        tracker.log_samples(gen_eval.samples)
+        if main:
+            run_folder.append_history(run_dir, {"step": trainer.state.global_step, "time": time.time(), **gen_metrics})
+            tracker.log_metrics(gen_metrics, trainer.state.global_step)
+            tracker.log_samples(gen_eval.samples)
     metrics["outputs"] = save_outputs(cfg, trainer, models.tokenizer, run_dir)
     if torch.cuda.is_available() and not cfg.training.use_cpu:
         # What a user sizes the next job by: the peak this process's GPU held over the whole run.
         metrics["gpu/peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    metrics.update({f"parallelism/{k}": v for k, v in ran.items()})
     metrics["runtime_s"] = round(time.time() - started, 3)
     if cfg.model.gguf:
         from dpo_sweeps.models.gguf import source_description

@@ -1,0 +1,170 @@
+"""Full-parameter DPO sharded with FSDP2 over two CPU ranks (gloo), as two tasks of one job on the local SLURM cluster
+(the way test_slurm_sweeps.py runs DDP).
+
+accelerate turns FSDP on only for GPU backends, so these tests force it on from test code: tests/force_fsdp/
+sitecustomize.py, active through PYTHONPATH + DPO_SWEEPS_TEST_FORCE_FSDP=1 (which reach the job through sbatch's
+environment). The product runs unchanged: it passes `training.fsdp` to TRL as on GPUs. Every test checks that the run
+really was sharded (metrics.json: parallelism/type == FSDP), so a forcing that stopped working fails them rather than
+silently testing DDP twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpo_sweeps.runs import folder as run_folder
+from tests.helpers import REPO, TINY, read_json, run_cli
+from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+FORCE_FSDP = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "force_fsdp"), os.environ.get("PYTHONPATH")])),
+    "DPO_SWEEPS_TEST_FORCE_FSDP": "1",
+}
+# Full DPO of the tiny Llama on two ranks of one job; the same point without FSDP is the DDP baseline.
+TWO_RANKS = [
+    "model=tiny_llama",
+    *TINY,
+    "lora=none",
+    "hydra/launcher=slurm_local",
+    "hydra.launcher.tasks_per_node=2",
+    # Validation refuses FSDP with use_cpu=true (on GPUs it would be a mistake); the job still runs on CPU here.
+    "training.use_cpu=false",
+    "training.logging_steps=1",
+]
+FSDP = ["training.fsdp.enabled=true"]
+
+
+def _sweep(tmp_path: Path, name: str, overrides: list[str], fsdp: bool) -> Path:
+    sweep = tmp_path / name
+    run_cli(
+        ["-m", *TWO_RANKS, *overrides, *(FSDP if fsdp else []), f"hydra.sweep.dir={sweep}"],
+        env=FORCE_FSDP,
+        timeout=600,
+    )
+    (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
+    return run_dir
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in run_folder.read_history(run_dir) if "loss" in r}
+
+
+def _assert_same_losses(got: dict[int, float], ref: dict[int, float], steps: int) -> None:
+    assert sorted(got) == sorted(ref) == list(range(1, steps + 1))
+    worst = max(abs(got[s] - ref[s]) for s in ref)
+    assert worst < 1e-5, f"FSDP2 losses differ from DDP's by up to {worst:.2e}: {got} vs {ref}"
+
+
+def _state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+
+
+def _assert_sharded(metrics: dict) -> None:
+    assert metrics["parallelism/type"] == "FSDP" and metrics["parallelism/fsdp_version"] == 2, metrics
+    assert metrics["parallelism/world_size"] == 2
+
+
+def test_fsdp2_full_dpo_with_the_reference_cache_matches_ddp_and_saves_a_loadable_model(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+):
+    # Each run computes its own reference log-probs (own cache folder): the sharded pass must give DDP's numbers.
+    common = ["training.max_steps=6", "training.save_steps=3"]
+    fsdp = _sweep(tmp_path, "fsdp", [*common, f"ref_cache.dir={tmp_path / 'cache_fsdp'}"], fsdp=True)
+    ddp = _sweep(tmp_path, "ddp", [*common, f"ref_cache.dir={tmp_path / 'cache_ddp'}"], fsdp=False)
+
+    got, ref = read_json(fsdp / "metrics.json"), read_json(ddp / "metrics.json")
+    _assert_sharded(got)
+    assert ref["parallelism/type"] == "MULTI_CPU" and ref["parallelism/world_size"] == 2
+    assert read_json(fsdp / "status.json")["state"] == "completed"
+    assert got["ref_cache"] == ref["ref_cache"] == "computed"
+    _assert_same_losses(_losses(fsdp), _losses(ddp), 6)
+    # The evaluation before training ran (inside train(): FSDP2 shards model and optimizer together) and agrees.
+    assert got["initial_eval_loss"] == pytest.approx(ref["initial_eval_loss"], abs=1e-5)
+    assert got["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-5)
+
+    # The saved model is the whole model (gathered from both shards), and it is the trained one.
+    saved = _state_dict(fsdp / "model")
+    trained = torch.load(fsdp / "checkpoints" / "checkpoint-6" / "pytorch_model_fsdp.bin", weights_only=True)
+    assert sorted(saved) == sorted(trained)
+    for name, tensor in trained.items():
+        assert torch.equal(saved[name], tensor), f"{name}: model/ differs from the step-6 weights"
+    ddp_saved = _state_dict(ddp / "model")
+    for name, tensor in saved.items():
+        assert tensor.shape == ddp_saved[name].shape, name
+        assert torch.allclose(tensor, ddp_saved[name], atol=1e-5), name
+    base = _state_dict(Path(tiny_model_paths["llama"]))
+    assert any(not torch.equal(base[n], saved[n]) for n in saved), "training changed the weights"
+
+    # The generation eval ran with both ranks taking part (a rank-0-only generate would hang on the all-gather);
+    # before training both runs hold the same weights and sample with the same seed: the same answers.
+    for key in ("gen/score_before", "gen/mean_tokens_before", "gen/finished_before"):
+        assert got[key] == ref[key], key
+    assert got["gen/prompts"] == ref["gen/prompts"] > 0 and "gen/mean_tokens" in got
+    samples = (fsdp / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == len((ddp / "samples.jsonl").read_text().splitlines()) > 0, "written once, by rank 0"
+
+
+def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+):
+    # No reference cache: TRL shards the reference model too, and the generation eval's KL uses it on every rank.
+    common = [
+        "training.max_steps=40",
+        "training.save_steps=20",
+        "training.eval_before_training=false",
+        "ref_cache.enabled=false",
+    ]
+    ddp = _sweep(tmp_path, "ddp", common, fsdp=False)
+
+    sweep = tmp_path / "fsdp"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", "-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **FORCE_FSDP},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the signal"
+            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
+            # Between two save points (save_steps=20): the checkpoint can only come from the signal.
+            if found and any(r.get("step", 0) >= 5 for r in run_folder.read_history(found[0])):
+                run_dir = found[0]
+                break
+            time.sleep(0.1)
+        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
+        slurm_cluster.run("scancel", "--signal=USR2", job_id)
+        out, _ = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "completed" and status["requeues"] == 1 and status["world_size"] == 2
+    metrics = read_json(run_dir / "metrics.json")
+    _assert_sharded(metrics)
+    assert 5 <= metrics["resumed_from_step"] < 20, "resumed from the checkpoint saved on the signal"
+    assert metrics["global_step"] == 40
+    _assert_same_losses(_losses(run_dir), _losses(ddp), 40)
+    ref = read_json(ddp / "metrics.json")
+    assert metrics["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-5)
+    # The KL to the (sharded) reference was measured, close to DDP's.
+    assert metrics["gen/kl_to_ref"] == pytest.approx(ref["gen/kl_to_ref"], abs=1e-3)

@@ -27,6 +27,10 @@ from pathlib import Path
 from dpo_sweeps.runs import folder as run_folder
 
 # Non-interactive progress lines: at each tenth of the run, and at least this often on a long one.
+# Printed to stderr by every rank of a multi-task job as it starts (train/cluster.py). Task 0's stderr is also the
+# job's own log, where srun reports a task that died: the watcher reads the lines after the latest marker, i.e. the
+# latest attempt (the log is appended to across requeues).
+RANKS_START_MARKER = "dpo_sweeps: torch.distributed ranks starting"
 PLAIN_LINE_FRACTION = 0.1
 PLAIN_LINE_EVERY_S = 300.0
 

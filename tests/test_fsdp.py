@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.train import cluster
 from tests.helpers import REPO, TINY, read_json, run_cli
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
@@ -88,7 +89,13 @@ def test_fsdp2_full_dpo_with_the_reference_cache_matches_ddp_and_saves_a_loadabl
     got, ref = read_json(fsdp / "metrics.json"), read_json(ddp / "metrics.json")
     _assert_sharded(got)
     assert ref["parallelism/type"] == "MULTI_CPU" and ref["parallelism/world_size"] == 2
-    assert read_json(fsdp / "status.json")["state"] == "completed"
+    status = read_json(fsdp / "status.json")
+    assert status["state"] == "completed" and status["world_size"] == 2
+    # The rendezvous: the first host's NodeAddr and the job's own port; srun ends the job if a rank dies.
+    assert status["nodes"] == [status["slurm"]["node"]]
+    port = cluster.rendezvous_port(status["slurm"]["job_id"])
+    assert status["master"] == f"{cluster.node_address(status['nodes'][0])}:{port}"
+    assert all("--kill-on-bad-exit=1" in p.read_text() for p in (fsdp.parent / ".submitit").rglob("*.sh"))
     assert got["ref_cache"] == ref["ref_cache"] == "computed"
     _assert_same_losses(_losses(fsdp), _losses(ddp), 6)
     # The evaluation before training ran (inside train(): FSDP2 shards model and optimizer together) and agrees.

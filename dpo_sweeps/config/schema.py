@@ -211,6 +211,10 @@ class TrainingConfig:
     cpu_threads: int | None = None
     # Sharding over the job's ranks (full-parameter DPO of big models); off = DDP when a job has several ranks.
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    # Minutes a torch.distributed collective may wait for a peer before the job fails (HF's ddp_timeout). A rank
+    # that died leaves the others in a collective: torch's default of 30 minutes is 30 minutes of idle GPUs. Raise it
+    # only for a single step or save that takes longer than this on a slow filesystem.
+    dist_timeout_min: float = 5.0
 
 
 @dataclass

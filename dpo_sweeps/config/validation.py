@@ -241,6 +241,11 @@ FSDP_STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
 
 
 def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
+    t = cfg.training
+    if t.dist_timeout_min <= 0:
+        problems.append(
+            f"training.dist_timeout_min={t.dist_timeout_min}: must be > 0 (minutes a collective waits for a peer)."
+        )
     fsdp = cfg.training.fsdp
     if not fsdp.enabled:
         return

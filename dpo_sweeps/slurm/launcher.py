@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import handoff, plan, site, submitit_compat, watch
 
+KILL_ON_BAD_EXIT = "--kill-on-bad-exit=1"
 log = logging.getLogger(__name__)
 
 # Launcher keys only the pre-launch check reads (hydra_plugins/dpo_sweeps_launcher/slurm.py's schema): not sbatch's.
@@ -150,6 +151,9 @@ class SweepSlurmLauncher(SlurmLauncher):
         )
         baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in baseparams else f"slurm_{k}": v for k, v in params.items()})
+        # A task that dies (a killed or crashed rank) makes srun end the job's other tasks: without it they would wait
+        # in a collective for the dead peer until the collective's timeout.
+        executor.update_parameters(slurm_srun_args=[KILL_ON_BAD_EXIT])
         return executor._executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

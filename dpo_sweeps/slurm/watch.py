@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from dpo_sweeps import console
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import client
 
@@ -36,6 +39,49 @@ LOST_CONTACT_S = 600.0
 # How often a task that squeue does not list, and that scontrol/sacct cannot place, is asked about again.
 CONFIRM_EVERY_S = 10.0
 GONE = client.GONE
+
+
+# srun's line for a task that ended badly, in the job's first log: "srun: error: n2: task 3: Killed".
+_SRUN_TASK_ERROR = re.compile(r"^srun: error: (?P<node>\S+): tasks? (?P<rank>[\d,-]+): (?P<how>.+)$", re.M)
+_SIGNALS = {
+    "Killed": "SIGKILL",
+    "Terminated": "SIGTERM",
+    "Segmentation fault": "SIGSEGV",
+    "Aborted": "SIGABRT",
+    "Bus error": "SIGBUS",
+    "Hangup": "SIGHUP",
+}
+
+
+def dead_rank(log_path: Path) -> dict[str, str] | None:
+    """The first task of the job's latest attempt that srun reports killed or failed: rank, node and signal (or
+    srun's words, "Exited with exit code 1"). None when every task ended well (or the log is unreadable)."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return None
+    start = text.rfind(console.RANKS_START_MARKER)  # the log is appended to across requeues
+    match = _SRUN_TASK_ERROR.search(text, max(start, 0))
+    if match is None:
+        return None
+    how = match["how"].strip()
+    return {"rank": match["rank"], "node": match["node"], "signal": _SIGNALS.get(how, how)}
+
+
+def note_dead_rank(job: Any, point: dict | None) -> None:
+    """Name the rank that died in the point's failure (status.json `error` and `dead_rank`)."""
+    dead = dead_rank(job.paths.stderr) if point is not None else None
+    if dead is None:
+        return
+    status = run_folder.read_status(point["run_dir"]) or {}
+    if status.get("state") == run_folder.COMPLETED:
+        return
+    said = f"rank {dead['rank']} on node {dead['node']} died ({dead['signal']}), which ended the job"
+    error = status.get("error") or ""
+    if said not in error:
+        error = f"{said}. {error or 'SLURM task ' + str(job.job_id) + ' ended without a result.'}"
+    run_folder.update_status(point["run_dir"], state=run_folder.FAILED, error=error, dead_rank=dead)
+    log.error("Point %s: %s", point["run_dir"], said)
 
 
 def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
@@ -126,6 +172,7 @@ def collect(
         for i in sorted(pending):
             if jobs[i].paths.result_pickle.exists():
                 results[i] = _result(jobs[i], points[i], overrides[i])
+                note_dead_rank(jobs[i], points[i])
                 pending.discard(i)
         if not pending:
             break
@@ -162,6 +209,7 @@ def collect(
             ended = _ended(details, state)
             if ended is not None:
                 error = mark_dead(job_id, points[i], overrides[i], ended)
+                note_dead_rank(jobs[i], points[i])
                 results[i] = _failed_return(overrides[i], error)
                 pending.discard(i)
                 continue

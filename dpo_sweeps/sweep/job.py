@@ -79,6 +79,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
         run_dir,
         state=run_folder.RUNNING,
         world_size=dist["world_size"],
+        # Several tasks: the job's hosts in node-rank order and the rendezvous address.
+        **{k: dist[k] for k in ("nodes", "master") if k in dist},
         # Names only, never values: shows which tokens reached the job through the environment.
         secrets_present=cluster.secrets_present(),
         started_at=run_folder.now_iso(),

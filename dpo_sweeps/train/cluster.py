@@ -1,8 +1,13 @@
 """Cluster glue inside a job: torch.distributed ranks from SLURM, and preemption/time-limit handling.
 
-Ranks: a SLURM job with `tasks_per_node = GPUs` starts one task per GPU; `setup_distributed()` exports RANK,
-LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the SLURM environment (through submitit) before the trainer
-is built, so HF Trainer/accelerate run DDP (or FSDP). Only rank 0 writes the run folder (`is_main_process()`).
+Ranks: a SLURM job with `tasks_per_node = GPUs` (and `nodes = N`) starts one task per GPU; `setup_distributed()`
+exports torch.distributed's env:// variables from SLURM's before the trainer is built, so HF Trainer/accelerate run
+DDP (or FSDP): RANK = SLURM_PROCID, node rank = SLURM_NODEID (not the task's global rank), MASTER_ADDR = the NodeAddr
+of the first host of `scontrol show hostnames $SLURM_JOB_NODELIST` (an unexpanded "n[1-2]" is no address), and
+MASTER_PORT derived from the job id (every rank computes it alone; two jobs on one node get different ports). Only
+rank 0 writes the run folder and talks to W&B (`is_main_process()`). A dead peer ends the job: collectives time out
+after `training.dist_timeout_min` (trainer.py), NCCL turns errors into exceptions, and the launcher runs srun with
+--kill-on-bad-exit, so a rank that dies takes its job down rather than leaving the others waiting.
 
 Preemption: submitit installs a handler for SLURM's USR2 (sent `signal_delay_s` before the time limit, or on
 preemption) that calls the launcher's `checkpoint`, requeues the job and exits on the spot. Saving the model from
@@ -42,26 +47,93 @@ def in_submitit_job() -> bool:
     return "SUBMITIT_FOLDER" in os.environ
 
 
-def setup_distributed() -> dict[str, int]:
-    """Export torch.distributed's env:// variables when this SLURM job has several tasks; return rank/world_size.
+# MASTER_PORT = RDZV_PORT_BASE + job id % RDZV_PORT_SPAN: clear of the well-known ports and of Linux's ephemeral
+# range (32768+), so consecutive jobs sharing a node never collide.
+RDZV_PORT_BASE, RDZV_PORT_SPAN = 12000, 20000
+SCONTROL_TIMEOUT_S = 30.0
 
-    `set_cuda_visible_devices=False`: every task keeps seeing all GPUs of the node and HF/accelerate pick
-    `cuda:LOCAL_RANK`, which is what they expect from torchrun as well.
-    """
+
+def rendezvous_port(job_id: str | int) -> int:
+    """The job's rendezvous port, the same on every rank without any exchange (`MASTER_PORT` overrides it)."""
+    return RDZV_PORT_BASE + int(job_id) % RDZV_PORT_SPAN
+
+
+def _scontrol(*args: str) -> str:
+    import subprocess
+
+    cmd = ["scontrol", *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=SCONTROL_TIMEOUT_S).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed inside the job ({detail}): a multi-task job needs scontrol to find its master "
+            "address. Fix: run the job where SLURM's commands are on PATH (and SLURM_CONF is set, if the site needs it)."
+        ) from None
+
+
+def job_hostnames(nodelist: str) -> list[str]:
+    """The job's hosts in SLURM's order, from the compressed nodelist ("n[1-2],gpu7" -> n1, n2, gpu7)."""
+    return _scontrol("show", "hostnames", nodelist).split()
+
+
+def node_address(host: str) -> str:
+    """The host's NodeAddr in slurm.conf (what its peers can reach; the node name may not resolve)."""
+    for field in _scontrol("show", "node", host, "--oneliner").split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    raise RuntimeError(f"`scontrol show node {host}` printed no NodeAddr: is {host} a node of this cluster?")
+
+
+def slurm_rendezvous(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """torch.distributed's env:// variables for this SLURM task (one task per rank), and the job's nodes."""
+    env = dict(os.environ if env is None else env)
+    world = int(env["SLURM_NTASKS"])
+    nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    nodes = job_hostnames(env["SLURM_JOB_NODELIST"])
+    return {
+        "MASTER_ADDR": node_address(nodes[0]),
+        "MASTER_PORT": str(env.get("MASTER_PORT") or rendezvous_port(env["SLURM_JOB_ID"])),
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": env["SLURM_LOCALID"],
+        "LOCAL_WORLD_SIZE": str(world // nnodes),
+        # The node's rank is SLURM_NODEID: SLURM_PROCID is the task's global rank (equal only on one node).
+        "GROUP_RANK": env["SLURM_NODEID"],
+        "NODE_RANK": env["SLURM_NODEID"],
+        # NCCL: a failed or timed-out collective raises in every rank instead of blocking (no effect with gloo).
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": env.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        "_nodes": nodes,
+    }
+
+
+def setup_distributed() -> dict[str, Any]:
+    """Export torch.distributed's env:// variables when this SLURM job has several tasks; return what status.json
+    records: rank, world size, and (several tasks) the nodes and the master address."""
     ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    info: dict[str, Any] = {}
     if in_submitit_job() and ntasks > 1 and "RANK" not in os.environ:
-        from submitit.helpers import TorchDistributedEnvironment
+        rdzv = slurm_rendezvous()
+        nodes = rdzv.pop("_nodes")
+        from dpo_sweeps.console import RANKS_START_MARKER
 
-        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        log.info(
-            "torch.distributed from SLURM: rank %d/%d (local %d), master %s:%d",
-            env.rank,
-            env.world_size,
-            env.local_rank,
-            env.master_addr,
-            env.master_port,
+        print(
+            f"{RANKS_START_MARKER} (rank {rdzv['RANK']} on {nodes[int(rdzv['NODE_RANK'])]})",
+            file=sys.stderr,
+            flush=True,
         )
-    return {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+        os.environ.update(rdzv)
+        info = {"nodes": nodes, "master": f"{rdzv['MASTER_ADDR']}:{rdzv['MASTER_PORT']}"}
+        log.info(
+            "torch.distributed from SLURM: rank %s/%s (node %s of %s: %s), master %s",
+            rdzv["RANK"],
+            rdzv["WORLD_SIZE"],
+            rdzv["NODE_RANK"],
+            len(nodes),
+            ",".join(nodes),
+            info["master"],
+        )
+    return {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")), **info}
 
 
 def rank() -> int:

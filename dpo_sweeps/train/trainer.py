@@ -127,6 +127,8 @@ def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: 
         # Rotation is ours (checkpoints.CheckpointCommit): HF's deletes file by file and can leave a half-deleted
         # checkpoint that looks complete to a resuming job.
         "save_total_limit": None,
+        # A dead peer ends the job after this long instead of torch's 30 minutes (see cluster.setup_distributed).
+        "ddp_timeout": max(1, round(t.dist_timeout_min * 60)),
         # torch.distributed on CPU (tests, the local SLURM cluster) needs gloo; GPUs get accelerate's default (nccl).
         "ddp_backend": "gloo" if cluster.distributed() and (t.use_cpu or not torch.cuda.is_available()) else None,
         "dataloader_num_workers": t.dataloader_num_workers,

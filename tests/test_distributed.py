@@ -1,0 +1,148 @@
+"""torch.distributed from SLURM's variables (train/cluster.py): the rendezvous every rank of a job computes alone.
+
+The nodelist and the node addresses come from the real `scontrol` of the local cluster (a nodelist is expanded by
+scontrol without the nodes having to exist; NodeAddr needs a real node)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.train import checkpoints, cluster
+from tests.helpers import REPO, TINY, read_json, run_cli
+from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.slurm
+
+
+def test_a_compressed_nodelist_expands_in_slurms_order(slurm_cluster):  # noqa: F811
+    assert cluster.job_hostnames("gpu[07-09,11],login1") == ["gpu07", "gpu08", "gpu09", "gpu11", "login1"]
+    assert cluster.job_hostnames("localhost") == ["localhost"]
+
+
+def test_master_address_is_the_first_hosts_nodeaddr_and_the_node_rank_is_slurm_nodeid(slurm_cluster):  # noqa: F811
+    (node,) = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").stdout.split()[:1]
+    addr = slurm_cluster.run("scontrol", "show", "node", node, "-o").stdout.split("NodeAddr=")[1].split()[0]
+    # The fourth task of a job, the second one on its node: global rank 3, node rank 1, local rank 1.
+    env = {
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": node,
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "1",
+    }
+    rdzv = cluster.slurm_rendezvous(env)
+    assert rdzv["MASTER_ADDR"] == addr, "the NodeAddr (what peers reach), not the node's name"
+    assert rdzv["MASTER_PORT"] == str(cluster.rendezvous_port(4242))
+    assert (rdzv["RANK"], rdzv["WORLD_SIZE"], rdzv["LOCAL_RANK"], rdzv["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")
+    assert rdzv["NODE_RANK"] == rdzv["GROUP_RANK"] == "1", "the node's rank, not the task's"
+    assert rdzv["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert rdzv["_nodes"] == [node]
+    # A port the user set is kept.
+    assert cluster.slurm_rendezvous({**env, "MASTER_PORT": "29555"})["MASTER_PORT"] == "29555"
+
+
+def test_an_unknown_node_is_a_clear_error(slurm_cluster):  # noqa: F811
+    with pytest.raises(RuntimeError, match="scontrol show node nosuchnode7"):
+        cluster.node_address("nosuchnode7")
+
+
+def test_rendezvous_ports_differ_between_jobs_and_stay_below_the_ephemeral_range():
+    ports = [cluster.rendezvous_port(job) for job in range(1000, 1100)]
+    assert len(set(ports)) == len(ports), "consecutive jobs on one node must not share a port"
+    assert cluster.rendezvous_port("1234") == cluster.rendezvous_port(1234), "every rank computes the same port"
+    assert all(1024 < p < 32768 for p in ports + [cluster.rendezvous_port(10**9 + 7)])
+
+
+# --- a rank that dies -------------------------------------------------------------------------------------------
+
+
+def _task_pid(job_id: str, procid: int) -> int | None:
+    """The process of one task (rank) of a running job on this machine, found by its SLURM environment."""
+    want = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={procid}".encode()}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if want <= environ and b"submitit" in cmdline:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_fails_the_point_and_a_rerun_resumes(
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    tiny_model_paths,
+):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "model=tiny_qwen",
+        *TINY,
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.tasks_per_node=2",
+        "training.max_steps=60",
+        "training.save_steps=10",
+        "training.logging_steps=5",
+        "training.eval_before_training=false",
+        "training.save_model=false",
+        "training.dist_timeout_min=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the kill"
+            found = [p.parent for p in sweep.glob("*/status.json")]
+            if found and checkpoints.last_complete(found[0] / "checkpoints") is not None:
+                run_dir = found[0]
+                break
+            time.sleep(0.1)
+        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
+        pid = _task_pid(job_id, 1)
+        assert pid is not None, f"no process of rank 1 of job {job_id}"
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, _ = proc.communicate(timeout=240)
+        ended_in = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-4000:]
+    assert ended_in < 60, f"the sweep took {ended_in:.0f} s to end after a rank died"
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "failed", status
+    error = status["error"]
+    assert "rank 1" in error and status["slurm"]["node"] in error and "SIGKILL" in error, error
+    assert max(_steps(run_dir)) < 60
+
+    run_cli(args[:-1] + [f"hydra.sweep.dir={sweep}"], timeout=400)
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["global_step"] == 60 and 10 <= metrics["resumed_from_step"] < 60
+    assert read_json(run_dir / "status.json")["state"] == "completed"
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in run_folder.read_history(run_dir) if "loss" in r] or [0]

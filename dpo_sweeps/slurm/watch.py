@@ -84,6 +84,13 @@ def note_dead_rank(job: Any, point: dict | None) -> None:
     log.error("Point %s: %s", point["run_dir"], said)
 
 
+def _failed_with_peers(point: dict | None) -> bool:
+    if point is None:
+        return False
+    status = run_folder.read_status(point["run_dir"]) or {}
+    return status.get("state") == run_folder.FAILED and int(status.get("world_size") or 1) > 1
+
+
 def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
     """What the sweeper gets for a point without a result: NaN, not an exception (Hydra's basic sweeper aborts the
     whole sweep on one, see sweep/job.py). The point's status.json says failed and why (`mark_dead`): the search's driver
@@ -170,9 +177,10 @@ def collect(
     unreachable_since: float | None = None
     while pending:
         for i in sorted(pending):
-            if jobs[i].paths.result_pickle.exists():
+            # A failed multi-task point is collected once its task has ended: rank 0 records a lost peer at once,
+            # srun's line naming the rank that died (`note_dead_rank`) comes a moment later.
+            if jobs[i].paths.result_pickle.exists() and not _failed_with_peers(points[i]):
                 results[i] = _result(jobs[i], points[i], overrides[i])
-                note_dead_rank(jobs[i], points[i])
                 pending.discard(i)
         if not pending:
             break
@@ -201,6 +209,15 @@ def collect(
             if not (client.is_final(state) or state == GONE):
                 final_since.pop(i, None)  # queued, running, or requeued: running again
                 unknown_since.pop(i, None)
+                continue
+            if jobs[i].paths.result_pickle.exists() or _failed_with_peers(points[i]):
+                # A failed multi-task point (its rank recorded the failure, see sweep/job.py), now that its job has
+                # ended: srun's line naming the rank that died is in the log by then, and submitit's own results()
+                # would wait for every rank's result file.
+                note_dead_rank(jobs[i], points[i])
+                error = (run_folder.read_status(points[i]["run_dir"]) or {}).get("error") or "failed"
+                results[i] = _failed_return(overrides[i], error)
+                pending.discard(i)
                 continue
             final_since.setdefault(i, now)
             if now - final_since[i] < GRACE_S or now < ask_after.get(i, 0.0) or jobs[i].paths.result_pickle.exists():

@@ -16,6 +16,12 @@ from dpo_sweeps.cli import CONF_DIR
 REPO = Path(__file__).resolve().parent.parent
 # The fast CPU shape every end-to-end test starts from.
 TINY = ["dataset=toy", "training=smoke", "logger=none"]
+# The environment that makes a run with training.fsdp set train sharded on CPU ranks (tests/force_fsdp/: test code
+# only; accelerate enables FSDP only on GPUs). It reaches SLURM jobs through sbatch's environment.
+FORCE_FSDP = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "force_fsdp"), os.environ.get("PYTHONPATH")])),
+    "DPO_SWEEPS_TEST_FORCE_FSDP": "1",
+}
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

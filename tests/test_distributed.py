@@ -16,8 +16,9 @@ import pytest
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import checkpoints, cluster
-from tests.helpers import REPO, TINY, read_json, run_cli
-from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+from tests import slurm_support
+from tests.helpers import FORCE_FSDP, REPO, TINY, read_json, run_cli
+from tests.slurm_support import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -144,5 +145,139 @@ def test_a_killed_rank_ends_the_job_fails_the_point_and_a_rerun_resumes(
     assert read_json(run_dir / "status.json")["state"] == "completed"
 
 
+@pytest.mark.slow
+def test_a_rank_that_hangs_ends_the_job_after_the_collective_timeout(
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    tiny_model_paths,
+):
+    """SIGSTOP: the peer neither answers nor closes its connections, so only the timeout can end the wait."""
+    sweep = tmp_path / "sweep"
+    timeout_s = 30
+    args = [
+        "-m",
+        "model=tiny_qwen",
+        *TINY,
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.tasks_per_node=2",
+        "training.max_steps=400",
+        "training.eval_before_training=false",
+        "training.save_model=false",
+        f"training.dist_timeout_min={timeout_s / 60}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the stop"
+            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
+            if found and max(_steps(found[0])) >= 10:
+                run_dir = found[0]
+                break
+            time.sleep(0.1)
+        pid = _task_pid(read_json(run_dir / "status.json")["slurm"]["job_id"], 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        out, _ = proc.communicate(timeout=timeout_s + 150)
+        ended_in = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-4000:]
+    assert timeout_s * 0.8 < ended_in < timeout_s + 60, f"ended {ended_in:.0f} s after the stop ({timeout_s} s timeout)"
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "failed" and max(_steps(run_dir)) < 400
+    # Rank 0 timed out and exited non-zero first; srun then ended the stopped rank.
+    assert status["dead_rank"]["rank"] == "0", status
+    assert "timeout" in status["error"].lower() or "timed out" in status["error"].lower(), status["error"]
+
+
 def _steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in run_folder.read_history(run_dir) if "loss" in r] or [0]
+
+
+# --- several nodes (make slurm-up NODES=2) ------------------------------------------------------------------------
+
+
+def _sweep_point(tmp_path: Path, name: str, overrides: list[str], env: dict | None = None) -> Path:
+    sweep = tmp_path / name
+    run_cli(["-m", *overrides, f"hydra.sweep.dir={sweep}"], env=env, timeout=600)
+    (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
+    return run_dir
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in run_folder.read_history(run_dir) if "loss" in r}
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch) -> tuple[SlurmCluster, list[str]]:
+    """The local cluster of DPO_SWEEPS_SLURM_DIR and its idle nodes when it has two or more (`slurm_cluster` probes
+    the one-node cluster's node `localhost`); skipped otherwise."""
+    sdir = slurm_support.state_dir()
+    env = {"SLURM_CONF": str(sdir / "slurm.conf"), "DPO_SWEEPS_SLURM_DIR": str(sdir)}
+    cluster_ = SlurmCluster(state_dir=sdir, env=env)
+    try:
+        out = cluster_.run("sinfo", "-h", "-N", "-o", "%N %T", timeout=15).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"no local SLURM cluster in {sdir}: {exc}")
+    idle = sorted({n for n, state in (line.split() for line in out.splitlines()) if state.startswith(("idle", "mix"))})
+    if len(idle) < 2:
+        pytest.skip(
+            f"needs a two-node local cluster (the one in {sdir} has {idle or 'no idle nodes'}): "
+            "DPO_SWEEPS_SLURM_NODE_CPUS=2 make slurm-up NODES=2 (2 CPUs a node: the one-node, two-task baseline fits)"
+        )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return cluster_, idle
+
+
+@pytest.mark.slow
+def test_one_training_across_two_nodes_matches_two_tasks_on_one_node_ddp_and_fsdp2(
+    two_node_cluster,
+    tmp_path,
+    tiny_model_paths,
+):
+    slurm_cluster, nodes = two_node_cluster  # noqa: F811
+    common = [
+        "model=tiny_llama",
+        *TINY,
+        "lora=none",
+        "hydra/launcher=slurm_local",
+        "training.use_cpu=false",
+        "training.max_steps=6",
+        "training.logging_steps=1",
+        "training.save_steps=3",
+    ]
+    two_nodes = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1"]
+    one = _sweep_point(tmp_path, "one_node", [*common, "hydra.launcher.tasks_per_node=2"])
+    two = _sweep_point(tmp_path, "two_nodes", [*common, *two_nodes])
+    fsdp = _sweep_point(tmp_path, "two_nodes_fsdp", [*common, *two_nodes, "training.fsdp.enabled=true"], env=FORCE_FSDP)
+
+    one_status = read_json(one / "status.json")
+    assert one_status["world_size"] == 2 and len(one_status["nodes"]) == 1
+    for run_dir in (two, fsdp):
+        status = read_json(run_dir / "status.json")
+        assert status["state"] == "completed" and status["world_size"] == 2
+        assert len(set(status["nodes"])) == 2 and set(status["nodes"]) <= set(nodes), status["nodes"]
+        # The first host's NodeAddr (its own network namespace's address, not 127.0.0.1) and the job's port.
+        job_id = status["slurm"]["job_id"]
+        assert status["master"] == f"{cluster.node_address(status['nodes'][0])}:{cluster.rendezvous_port(job_id)}"
+        accounted = slurm_cluster.run("sacct", "-n", "-P", "-X", "-j", job_id, "-o", "NNodes,NodeList").stdout
+        assert accounted.split("\n")[0].split("|")[0] == "2", accounted
+        assert [r["step"] for r in run_folder.read_history(run_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert read_json(fsdp / "metrics.json")["parallelism/type"] == "FSDP"
+    ref = _losses(one)
+    for run_dir in (two, fsdp):
+        got = _losses(run_dir)
+        worst = max(abs(got[s] - ref[s]) for s in ref)
+        assert worst < 1e-5, f"{run_dir.parent.name}: losses differ from one node's by {worst:.2e}: {got} vs {ref}"

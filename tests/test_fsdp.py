@@ -2,7 +2,7 @@
 (the way test_slurm_sweeps.py runs DDP).
 
 accelerate turns FSDP on only for GPU backends, so these tests force it on from test code: tests/force_fsdp/
-sitecustomize.py, active through PYTHONPATH + DPO_SWEEPS_TEST_FORCE_FSDP=1 (which reach the job through sbatch's
+sitecustomize.py, active through tests/helpers.FORCE_FSDP (PYTHONPATH + DPO_SWEEPS_TEST_FORCE_FSDP=1) (which reach the job through sbatch's
 environment). The product runs unchanged: it passes `training.fsdp` to TRL as on GPUs. Every test checks that the run
 really was sharded (metrics.json: parallelism/type == FSDP), so a forcing that stopped working fails them rather than
 silently testing DDP twice.
@@ -21,15 +21,11 @@ import torch
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import cluster
-from tests.helpers import REPO, TINY, read_json, run_cli
+from tests.helpers import FORCE_FSDP, REPO, TINY, read_json, run_cli
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-FORCE_FSDP = {
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "force_fsdp"), os.environ.get("PYTHONPATH")])),
-    "DPO_SWEEPS_TEST_FORCE_FSDP": "1",
-}
 # Full DPO of the tiny Llama on two ranks of one job; the same point without FSDP is the DDP baseline.
 TWO_RANKS = [
     "model=tiny_llama",

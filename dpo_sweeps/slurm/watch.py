@@ -76,7 +76,7 @@ def note_dead_rank(job: Any, point: dict | None) -> None:
     status = run_folder.read_status(point["run_dir"]) or {}
     if status.get("state") == run_folder.COMPLETED:
         return
-    said = f"rank {dead['rank']} on node {dead['node']} died ({dead['signal']}), which ended the job"
+    said = f"rank {dead['rank']} on node {dead['node']} ended first ({dead['signal']}); srun ended the other ranks"
     error = status.get("error") or ""
     if said not in error:
         error = f"{said}. {error or 'SLURM task ' + str(job.job_id) + ' ended without a result.'}"
@@ -117,13 +117,15 @@ def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, deta
     )
     if point is not None:
         status = run_folder.read_status(point["run_dir"]) or {}
+        if status.get("state") == run_folder.FAILED and status.get("error"):
+            error = status["error"]  # the job recorded its own failure (a rank of a multi-task job, see sweep/job.py)
         if status.get("state") not in (run_folder.COMPLETED, run_folder.PRUNED):  # finished: not dead
             run_folder.update_status(
                 point["run_dir"],
                 state=run_folder.CANCELLED if cancelled else run_folder.FAILED,
-                ended_at=run_folder.now_iso(),
+                ended_at=status.get("ended_at") or run_folder.now_iso(),
                 error=error,
-                traceback=None,
+                traceback=status.get("traceback"),
                 overrides=status.get("overrides", overrides),
                 slurm={
                     **status.get("slurm", {}),

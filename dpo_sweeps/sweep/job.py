@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -50,6 +52,17 @@ def _announce(multirun: bool, hydra_cfg, run_dir: Path, event: str, detail: str 
         total = len(run_folder.read_sweep_points(run_dir.parent) or []) or None
         num = hydra_cfg.job.get("num")
         print(console.point_line(num, total, run_dir.name, event, detail), flush=True)
+
+
+def _end_the_job(exc: Exception) -> None:
+    """A failed rank of a multi-task job exits non-zero at once, so that srun (--kill-on-bad-exit) ends the other
+    ranks: one whose peer hangs would otherwise wait in a collective, and a clean exit of this one would leave the job
+    to its time limit. The failure is already in status.json; the sweep's watcher collects it when the job ends."""
+    log.error("Rank %d failed (%s: %s): ending the job's other ranks.", cluster.rank(), type(exc).__name__, exc)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # not sys.exit: atexit handlers may wait on the collective that failed
 
 
 def run_sweep_point(cfg: DictConfig) -> float:
@@ -124,6 +137,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
             traceback=traceback.format_exc(),
         )
         _announce(multirun, hydra_cfg, run_dir, "failed", f"after {console.duration(time.time() - started)}: {exc}")
+        if cluster.distributed():
+            _end_the_job(exc)
         message = None if multirun else console.user_error_message(exc, run_dir)
         if message:  # the user's config or data: the problem list is the whole story, a traceback only hides it
             raise SystemExit(message) from None

@@ -1,7 +1,7 @@
 """Test-only: force FSDP on for CPU ranks (accelerate enables it only on GPU backends; see STACK_NOTES "FSDP on CPU").
 
-Active only in a process started with this folder on PYTHONPATH *and* DPO_SWEEPS_TEST_FORCE_FSDP=1 (tests/
-distributed_support.py sets both; the environment reaches SLURM jobs through sbatch). It never imports anything heavy
+Active only in a process started with this folder on PYTHONPATH *and* DPO_SWEEPS_TEST_FORCE_FSDP=1 (tests/helpers.py's
+FORCE_FSDP sets both; the environment reaches SLURM jobs through sbatch). It never imports anything heavy
 itself: it waits for `transformers.trainer` to be imported, then wraps `Trainer.create_accelerator_and_postprocess` so
 that a run whose TrainingArguments configure FSDP (`fsdp_plugin_args`) trains sharded. The product's code is untouched:
 it passes `training.fsdp.*` to TRL exactly as on GPUs (config/fsdp.py). A run without FSDP settings (the DDP baseline) is left alone.

@@ -136,6 +136,18 @@ def setup_distributed() -> dict[str, Any]:
     return {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")), **info}
 
 
+def init_cpu_process_group(timeout_min: float) -> None:
+    """gloo's process group with `training.dist_timeout_min`, for CPU ranks. transformers 5 passes `ddp_timeout` to
+    accelerate only for GPU backends (TrainingArguments._setup_devices), so CPU ranks whose peer hangs would wait
+    torch's default 30 minutes; accelerate uses a process group that already exists."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if distributed() and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_min))
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

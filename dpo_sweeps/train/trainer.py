@@ -228,6 +228,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.training.cpu_threads:
         torch.set_num_threads(cfg.training.cpu_threads)
     set_seed(cfg.seed)
+    if cfg.training.use_cpu or not torch.cuda.is_available():
+        cluster.init_cpu_process_group(cfg.training.dist_timeout_min)
     built = build_trainer(
         cfg,
         run_dir,

@@ -54,11 +54,17 @@ def _announce(multirun: bool, hydra_cfg, run_dir: Path, event: str, detail: str 
         print(console.point_line(num, total, run_dir.name, event, detail), flush=True)
 
 
+PEER_DEATH_GRACE_S = 10.0
+
+
 def _end_the_job(exc: Exception) -> None:
     """A failed rank of a multi-task job exits non-zero at once, so that srun (--kill-on-bad-exit) ends the other
     ranks: one whose peer hangs would otherwise wait in a collective, and a clean exit of this one would leave the job
     to its time limit. The failure is already in status.json; the sweep's watcher collects it when the job ends."""
     log.error("Rank %d failed (%s: %s): ending the job's other ranks.", cluster.rank(), type(exc).__name__, exc)
+    # When a peer died (the usual cause of a failed collective), srun notices it within moments and ends this rank:
+    # its log then names the peer as the task that ended first, which the sweep's watcher reports.
+    time.sleep(PEER_DEATH_GRACE_S)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -111,6 +111,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         attempts=status.get("attempts", 0) + 1,
         error=None,
         traceback=None,
+        dead_rank=None,
         **trial_job.status_fields(),
     )
     _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1})")

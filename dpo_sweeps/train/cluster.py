@@ -43,6 +43,30 @@ class RequeueLimitReached(RuntimeError):
     """Preempted or timed out once more than `resume.max_requeues` allows."""
 
 
+# How many points of a sweep run at once on this machine: set by the local parallel launcher
+# (dpo_sweeps/sweep/local_launcher.py) for the processes it starts; absent = this point has the machine to itself.
+POINTS_AT_ONCE_ENV = "DPO_SWEEPS_POINTS_AT_ONCE"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a SLURM task's or taskset's share, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads(configured: int | None) -> int:
+    """Torch threads for this process: `training.cpu_threads` when set, else (null = auto) this machine's cores shared
+    between the points running at once and the ranks of this job on this node, at least one. Oversubscribing cores with
+    threads makes every thread wait at torch's barriers for the slowest one, so a share is faster than all cores each."""
+    if configured:
+        return int(configured)
+    points = max(1, int(os.environ.get(POINTS_AT_ONCE_ENV) or 1))
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, available_cores() // (points * ranks))
+
+
 def in_submitit_job() -> bool:
     return "SUBMITIT_FOLDER" in os.environ
 

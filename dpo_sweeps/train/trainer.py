@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +226,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import set_seed
 
     started = time.time()
-    if cfg.training.cpu_threads:
-        torch.set_num_threads(cfg.training.cpu_threads)
+    torch.set_num_threads(cluster.cpu_threads(cfg.training.cpu_threads))
     set_seed(cfg.seed)
     if cfg.training.use_cpu or not torch.cuda.is_available():
         cluster.init_cpu_process_group(cfg.training.dist_timeout_min)
@@ -319,6 +319,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         # name_or_path names the hub checkpoint; what was trained is its quantized GGUF copy, dequantized.
         metrics["base_model_source"] = source_description(cfg.model.gguf)
+    metrics["cpu_threads"] = torch.get_num_threads()
+    # What `hydra.launcher.mem_gb` of a parallel local sweep is sized by: this process's peak resident memory.
+    metrics["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     metrics["objective_metric"] = cfg.objective.metric
     metrics["objective_value"] = metrics.get(cfg.objective.metric)
     tracker.finish({**metrics, **trial_job.wandb_summary("complete")})

@@ -1,0 +1,197 @@
+"""`hydra/launcher=local_parallel`: the points of a sweep as processes on this machine, several at once (and
+`hydra/launcher=local`, Hydra's basic launcher under our name: one point after another in this process).
+
+hydra-submitit-launcher's LocalLauncher starts every point of a sweep at once (submitit's local executor has no
+limit), whatever their number and size. This subclass keeps `max_parallel` points running and starts the next as one
+ends, and tells each point how many run at once (`DPO_SWEEPS_POINTS_AT_ONCE` in its environment), so that
+`training.cpu_threads: null` gives each point its share of the cores (`train/cluster.py: cpu_threads`).
+
+How many at once (`points_at_once`): `max_parallel` when set; else, when the profile says how much memory a point
+needs (`mem_gb`), as many as this machine's available memory holds, at most twice its cores (one thread each: the OS
+shares two cores between three single-threaded points with little loss, while two at a time would leave a core idle
+for the third point's whole run); else one per core.
+
+The job side (`BaseSubmititLauncher.__call__`) is inherited unchanged: each point runs `sweep/job.py` in its own
+process, with its output in the sweep's `.submitit/` folder, and the submitting console gets one line per point from
+the sweep's watcher (`sweep/watcher.py`). A point whose process dies without a result (killed, out of memory) is
+recorded as failed in its status.json and the other points go on; Ctrl-C stops the running points.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+from omegaconf import DictConfig, OmegaConf
+
+from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import objective as search
+from dpo_sweeps.slurm import handoff
+from dpo_sweeps.train.cluster import POINTS_AT_ONCE_ENV, available_cores
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+# At most this many points per core at once when memory allows more (see the module doc).
+MAX_POINTS_PER_CORE = 2
+
+
+def available_memory_gb() -> float | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def points_at_once(
+    n_points: int,
+    max_parallel: int | None,
+    mem_gb: float | None,
+    cores: int | None = None,
+    memory_gb: float | None = None,
+) -> int:
+    """How many of `n_points` run at once (see the module doc)."""
+    if n_points <= 0:
+        return 0
+    if max_parallel:
+        return max(1, min(n_points, int(max_parallel)))
+    cores = cores or available_cores()
+    if mem_gb:
+        memory_gb = memory_gb if memory_gb is not None else available_memory_gb()
+        if memory_gb is not None:
+            fit = max(1, int(memory_gb // float(mem_gb)))
+            return max(1, min(n_points, MAX_POINTS_PER_CORE * cores, fit))
+    return max(1, min(n_points, cores))
+
+
+def _failed_return(overrides: list[str], error: str) -> JobReturn:
+    """NaN for Hydra's basic sweeper (which aborts the sweep on an exception), a failed trial for Optuna's."""
+    if search.sweeper_takes_exceptions():
+        return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=search.TrialFailed(error))
+    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
+
+
+class SequentialLauncher(BasicLauncher):
+    """`hydra/launcher=local`: Hydra's basic launcher (every point in this process, one after another). Takes the
+    parallel launcher's keys and ignores them, so that a preset written for `local_parallel` (experiment=demo) also
+    runs here."""
+
+    def __init__(self, max_parallel: int | None = None, mem_gb: float | None = None) -> None:
+        super().__init__()
+
+
+class ParallelLocalLauncher(LocalLauncher):
+    """See the module doc."""
+
+    def __init__(self, max_parallel: int | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        if max_parallel is not None and int(max_parallel) < 1:
+            raise SystemExit(
+                f"Error: hydra.launcher.max_parallel={max_parallel}: must be >= 1, or null for as many points as "
+                "the cores (and hydra.launcher.mem_gb, when set) allow."
+            )
+        self.max_parallel = max_parallel
+        self.handoff: handoff.CheckedSweep | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The pre-launch check's result belongs to the submitting process (slurm/handoff.py).
+        return {k: v for k, v in self.__dict__.items() if k != "handoff"}
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.handoff = handoff.find(hydra_context.callbacks)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _executor(self):
+        """submitit's LocalExecutor with this launcher's parameters, mapped as the stock launcher maps them."""
+        import submitit
+
+        params = dict(self.params)
+        executor = submitit.AutoExecutor(
+            cluster="local",
+            folder=params.pop("submitit_folder"),
+            local_max_num_timeout=params.pop("max_num_timeout", 3),
+        )
+        baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in baseparams else f"local_{k}": v for k, v in params.items()})
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        n = len(job_overrides)
+        at_once = points_at_once(n, self.max_parallel, self.params.get("mem_gb"))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(
+            "Running %d point(s) as local processes, %d at once on %d core(s) (logs: %s)",
+            n,
+            at_once,
+            available_cores(),
+            sweep_dir / ".submitit",
+        )
+        run_dirs = {tuple(p["overrides"]): p["run_dir"] for p in (self.handoff.points if self.handoff else [])}
+        executor = self._executor()
+        state = Singleton.get_state()
+        waiting = list(enumerate(job_overrides))
+        running: dict[int, Any] = {}
+        results: list[JobReturn | None] = [None] * n
+        previous = os.environ.get(POINTS_AT_ONCE_ENV)
+        # The points' processes inherit this process's environment when they start (submitit's start_controller).
+        os.environ[POINTS_AT_ONCE_ENV] = str(at_once)
+        try:
+            while waiting or running:
+                while waiting and len(running) < at_once:
+                    i, overrides = waiting.pop(0)
+                    log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
+                    running[i] = executor.submit(
+                        self, list(overrides), "hydra.sweep.dir", initial_job_idx + i, "", state
+                    )
+                ended = [i for i, job in running.items() if job.done()]
+                for i in ended:
+                    overrides = list(job_overrides[i])
+                    results[i] = self._result(running.pop(i), overrides, run_dirs.get(tuple(overrides)))
+                if not ended:
+                    time.sleep(POLL_S)
+        finally:
+            for job in running.values():  # Ctrl-C or an error here: no point keeps running unwatched
+                job.cancel(check=False)
+            if previous is None:
+                os.environ.pop(POINTS_AT_ONCE_ENV, None)
+            else:
+                os.environ[POINTS_AT_ONCE_ENV] = previous
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _result(job: Any, overrides: list[str], run_dir: str | None) -> JobReturn:
+        """The JobReturn the point's process pickled; a process that died without one is a failed point."""
+        try:
+            return job.results()[0]
+        except Exception as exc:
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            error = (
+                f"the point's process (local job {job.job_id}) ended without a result: {last}. Killed outright or out "
+                f"of memory? Its log: the sweep's .submitit/{job.job_id}/ folder."
+            )
+            if run_dir and (run_folder.read_status(run_dir) or {}).get("state") not in (
+                run_folder.COMPLETED,
+                run_folder.FAILED,
+            ):
+                run_folder.update_status(run_dir, state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)
+            log.error("Point %s: %s", run_dir or " ".join(overrides), error)
+            return _failed_return(overrides, error)

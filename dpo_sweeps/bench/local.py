@@ -157,6 +157,19 @@ def _table(runs: list[dict], experiment: str, extra: list[str]) -> str:
     return "\n".join(lines)
 
 
+def warm_model_cache(experiment: str, extra: list[str]) -> None:
+    """Build what every variant would otherwise find built by the first one: the tiny model or the SmolLM2
+    conversion in ~/.cache/dpo_sweeps (a user's second `make demo` finds them there too)."""
+    from hydra import compose, initialize_config_dir
+
+    from dpo_sweeps.cli import CONF_DIR
+    from dpo_sweeps.models.loading import model_path
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", *extra])
+    print(f"Model for {experiment}: {model_path(cfg)} (built once, outside the timings)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="demo")
@@ -165,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "local_sweep.md")
     parser.add_argument("overrides", nargs="*", help="more overrides for every run (after --)")
     args = parser.parse_args(argv)
+    warm_model_cache(args.experiment, args.overrides)
     work = Path(tempfile.mkdtemp(prefix="bench_local_", dir=REPO / "outputs"))
     runs = []
     for rep in range(args.reps):

@@ -126,6 +126,8 @@ def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_
         metrics = read_json(d / "metrics.json")
         assert metrics["cpu_threads"] == expected_threads
         assert metrics["peak_rss_gb"] > 0
+    # They started together and share the reference log-probs: one computed them, the other waited on the lock.
+    assert sorted(read_json(d / "metrics.json")["ref_cache"] for d in good) == ["computed", "hit"]
     (start_a, end_a), (start_b, end_b) = (_interval(d) for d in good)
     assert start_a < end_b and start_b < end_a, "the two training points must have run at the same time"
 

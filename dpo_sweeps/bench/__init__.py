@@ -6,4 +6,5 @@ python -m dpo_sweeps.bench.gpu      # GPU: a Qwen2.5-1.5B-sized model through th
 python -m dpo_sweeps.bench.submit   # submitting a sweep to the local SLURM cluster (submit.py)
 python -m dpo_sweeps.bench.memory   # the GPU memory estimate against gpu.py's measurements; --presets (memory.py)
 python -m dpo_sweeps.bench.search   # the same 16-trial search with and without pruning (search.py, `make bench-search`)
+python -m dpo_sweeps.bench.local    # a local sweep one point at a time vs in parallel (local.py, `make bench-local`)
 """

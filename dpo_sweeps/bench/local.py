@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warm_model_cache(args.experiment, args.overrides)
     work = Path(tempfile.mkdtemp(prefix="bench_local_", dir=REPO / "outputs"))
-    runs = []
+    runs, table = [], ""
     for rep in range(args.reps):
         order = args.variants if rep % 2 == 0 else list(reversed(args.variants))
         for name in order:
@@ -193,10 +193,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['load_before']:.1f} -> {r['load_after']:.1f} (log {r['log']})",
                 flush=True,
             )
-    table = _table(runs, args.experiment, args.overrides)
+            # After every run: a long benchmark stopped half-way still leaves what it measured.
+            table = _table(runs, args.experiment, args.overrides)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(table + "\n")
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table + "\n")
     print(f"Written to {args.out}; runs kept in {work}")
 
 

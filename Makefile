@@ -37,10 +37,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install dpo_sweeps with its dev, search and real extras and SmolLM2's GGUF (nothing compiled)
 	@echo "Installed. Activate with: source $(VENV)/bin/activate"
 
-demo: install ## A 3-point beta sweep of DPO on a tiny model, CPU only, ~2 minutes; prints the results table
+demo: install ## A 3-point beta sweep of DPO on a tiny model, points in parallel, CPU only (~20 s on 2 quiet cores, ~2 min loaded)
 	$(PY) -m dpo_sweeps experiment=demo
 
-demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct (real model, CPU, ~11 min on 2 cores)
+demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct, points in parallel (CPU; 20.6 min on 2 loaded cores)
 	$(PY) -m dpo_sweeps experiment=smollm2_demo
 
 test: install ## The whole test suite (SLURM tests need `make slurm-up` first, else they skip)
@@ -63,7 +63,7 @@ bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (
 bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: est. ~1.5 h on 2 cores)
 	$(PY) -m dpo_sweeps.bench.data --rows $(BENCH_ROWS) --repeats 3
 
-bench-local: install ## make demo's sweep one point at a time vs points in parallel, back to back, 2 reps (~10 min on 2 cores)
+bench-local: install ## make demo's sweep one at a time (1 or all threads) vs in parallel, back to back, 2 reps (~3-15 min)
 	$(PY) -m dpo_sweeps.bench.local
 
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`; BENCH_SUBMIT_ARGS=--stock adds the stock launcher)

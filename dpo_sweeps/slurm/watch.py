@@ -74,7 +74,8 @@ def note_dead_rank(job: Any, point: dict | None) -> None:
     if dead is None:
         return
     status = run_folder.read_status(point["run_dir"]) or {}
-    if status.get("state") in (run_folder.COMPLETED, run_folder.PRUNED):
+    # A scancel kills every rank: srun then reports rank 0 killed, but the cause is the cancel, and it stays cancelled.
+    if status.get("state") in (run_folder.COMPLETED, run_folder.PRUNED, run_folder.CANCELLED):
         return
     said = f"rank {dead['rank']} on node {dead['node']} ended first ({dead['signal']}); srun ended the other ranks"
     error = status.get("error") or ""

@@ -281,3 +281,66 @@ def test_one_training_across_two_nodes_matches_two_tasks_on_one_node_ddp_and_fsd
         got = _losses(run_dir)
         worst = max(abs(got[s] - ref[s]) for s in ref)
         assert worst < 1e-5, f"{run_dir.parent.name}: losses differ from one node's by {worst:.2e}: {got} vs {ref}"
+
+
+@pytest.mark.slow
+def test_a_preempted_two_node_job_checkpoints_once_is_requeued_and_resumes_to_the_same_losses(
+    two_node_cluster,
+    tmp_path,
+    tiny_model_paths,
+):
+    slurm_cluster, nodes = two_node_cluster  # noqa: F811
+    common = [
+        "model=tiny_llama",
+        *TINY,
+        "lora=none",
+        "hydra/launcher=slurm_local",
+        "training.use_cpu=false",
+        "training.max_steps=40",
+        # Between two save points: a checkpoint before step 20 can only come from the signal.
+        "training.save_steps=20",
+        "training.logging_steps=1",
+        "training.eval_before_training=false",
+    ]
+    two_nodes = ["hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1"]
+    baseline = _sweep_point(tmp_path, "uninterrupted", [*common, *two_nodes])
+
+    sweep = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", "-m", *common, *two_nodes, f"hydra.sweep.dir={sweep}"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the signal"
+            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
+            if found and any(r.get("step", 0) >= 5 for r in run_folder.read_history(found[0])):
+                run_dir = found[0]
+                break
+            time.sleep(0.1)
+        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
+        # What a preemption delivers: USR2 to the job's steps on both nodes.
+        slurm_cluster.run("scancel", "--signal=USR2", job_id)
+        out, _ = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "completed" and status["requeues"] == 1 and status["world_size"] == 2, status
+    assert len(set(status["nodes"])) == 2 and set(status["nodes"]) <= set(nodes), status["nodes"]
+    complete = checkpoints.complete_checkpoints(run_dir / "checkpoints")
+    saved_on_signal = [c for c in complete if 5 <= int(c.name.rsplit("-", 1)[1]) < 20]
+    assert len(saved_on_signal) <= 1, f"checkpointed more than once on one signal: {complete}"
+    metrics = read_json(run_dir / "metrics.json")
+    assert 5 <= metrics["resumed_from_step"] < 20, "resumed from the checkpoint saved on the signal"
+    assert metrics["global_step"] == 40
+    ref, got = _losses(baseline), _losses(run_dir)
+    assert sorted(got) == sorted(ref) == list(range(1, 41))
+    worst = max(abs(got[s] - ref[s]) for s in ref)
+    assert worst < 1e-5, f"the resumed two-node run's losses differ from the uninterrupted one's by {worst:.2e}"

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -57,3 +59,42 @@ def read_json(path: Path) -> dict:
 def run_dirs(sweep_dir: Path) -> list[Path]:
     """The point folders of a sweep folder (those with a status.json)."""
     return sorted(p for p in Path(sweep_dir).iterdir() if (p / "status.json").exists())
+
+
+def start_sweep(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`python -m dpo_sweeps ARGS` in the background, its output collected: for tests that act on a running sweep
+    (a signal, a kill, a scancel) and then read how it ended (`proc.communicate()`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_point(
+    proc: subprocess.Popen,
+    sweep: Path,
+    ready: Callable[[Path], bool],
+    why: str,
+    pattern: str = "*/status.json",
+    timeout: float = 300,
+) -> Path:
+    """The first point folder of `sweep` holding `pattern` for which `ready(folder)` holds, while the sweep runs;
+    fails the test with `why` when the sweep ends or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, why
+        found = [p.parent for p in sweep.glob(pattern)]
+        if found and ready(found[0]):
+            return found[0]
+        time.sleep(0.1)
+
+
+def trained_steps(n: int) -> Callable[[Path], bool]:
+    """`wait_for_point`'s test: the run has logged training step `n` or later in its metrics.jsonl."""
+    from dpo_sweeps.runs import folder as run_folder
+
+    return lambda run_dir: any(r.get("step", 0) >= n for r in run_folder.read_history(run_dir))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import checkpoints, cluster
 from tests import slurm_support
-from tests.helpers import FORCE_FSDP, REPO, TINY, read_json, run_cli
+from tests.helpers import FORCE_FSDP, TINY, read_json, run_cli, start_sweep, trained_steps, wait_for_point
 from tests.slurm_support import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
@@ -104,23 +103,14 @@ def test_a_killed_rank_ends_the_job_fails_the_point_and_a_rerun_resumes(
         "training.dist_timeout_min=1",
         f"hydra.sweep.dir={sweep}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_sweep(args)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the kill"
-            found = [p.parent for p in sweep.glob("*/status.json")]
-            if found and checkpoints.last_complete(found[0] / "checkpoints") is not None:
-                run_dir = found[0]
-                break
-            time.sleep(0.1)
+        run_dir = wait_for_point(
+            proc,
+            sweep,
+            lambda d: checkpoints.last_complete(d / "checkpoints") is not None,
+            "job ended or stalled before the kill",
+        )
         job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
         pid = _task_pid(job_id, 1)
         assert pid is not None, f"no process of rank 1 of job {job_id}"
@@ -166,23 +156,11 @@ def test_a_rank_that_hangs_ends_the_job_after_the_collective_timeout(
         f"training.dist_timeout_min={timeout_s / 60}",
         f"hydra.sweep.dir={sweep}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_sweep(args)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the stop"
-            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
-            if found and max(_steps(found[0])) >= 10:
-                run_dir = found[0]
-                break
-            time.sleep(0.1)
+        run_dir = wait_for_point(
+            proc, sweep, lambda d: max(_steps(d)) >= 10, "job ended or stalled before the stop", "*/metrics.jsonl"
+        )
         pid = _task_pid(read_json(run_dir / "status.json")["slurm"]["job_id"], 1)
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
@@ -306,23 +284,11 @@ def test_a_preempted_two_node_job_checkpoints_once_is_requeued_and_resumes_to_th
     baseline = _sweep_point(tmp_path, "uninterrupted", [*common, *two_nodes])
 
     sweep = tmp_path / "preempted"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps", "-m", *common, *two_nodes, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_sweep(["-m", *common, *two_nodes, f"hydra.sweep.dir={sweep}"])
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the signal"
-            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
-            if found and any(r.get("step", 0) >= 5 for r in run_folder.read_history(found[0])):
-                run_dir = found[0]
-                break
-            time.sleep(0.1)
+        run_dir = wait_for_point(
+            proc, sweep, trained_steps(5), "job ended or stalled before the signal", "*/metrics.jsonl"
+        )
         job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
         # What a preemption delivers: USR2 to the job's steps on both nodes.
         slurm_cluster.run("scancel", "--signal=USR2", job_id)

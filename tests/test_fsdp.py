@@ -10,10 +10,6 @@ silently testing DDP twice.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ import torch
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import cluster
-from tests.helpers import FORCE_FSDP, REPO, TINY, read_json, run_cli
+from tests.helpers import FORCE_FSDP, TINY, read_json, run_cli, start_sweep, trained_steps, wait_for_point
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -135,24 +131,12 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     ddp = _sweep(tmp_path, "ddp", common, fsdp=False)
 
     sweep = tmp_path / "fsdp"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps", "-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **FORCE_FSDP},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_sweep(["-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"], env=FORCE_FSDP)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the signal"
-            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
-            # Between two save points (save_steps=20): the checkpoint can only come from the signal.
-            if found and any(r.get("step", 0) >= 5 for r in run_folder.read_history(found[0])):
-                run_dir = found[0]
-                break
-            time.sleep(0.1)
+        # Between two save points (save_steps=20): the checkpoint can only come from the signal.
+        run_dir = wait_for_point(
+            proc, sweep, trained_steps(5), "job ended or stalled before the signal", "*/metrics.jsonl"
+        )
         job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
         slurm_cluster.run("scancel", "--signal=USR2", job_id)
         out, _ = proc.communicate(timeout=420)

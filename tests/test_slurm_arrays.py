@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import plan, site
-from tests.helpers import REPO, TINY, read_json, run_cli
+from tests.helpers import REPO, TINY, read_json, run_cli, start_sweep, trained_steps, wait_for_point
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 # The local cluster's profile: no GPU, one core per task, no memory request (conf/hydra/launcher/slurm_local.yaml).
@@ -355,20 +354,16 @@ def test_a_task_cancelled_mid_training_is_marked_cancelled_with_slurms_state_and
         "training.save_model=false",
         f"hydra.sweep.dir={sweep}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_sweeps", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_sweep(args)
     try:
-        victim = sweep / "training.max_steps=5000"
-        deadline = time.monotonic() + 240
-        while not any(r.get("step", 0) >= 1 for r in run_folder.read_history(victim)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the point never started training"
-            time.sleep(0.2)
+        victim = wait_for_point(
+            proc,
+            sweep,
+            trained_steps(1),
+            "the point never started training",
+            "training.max_steps=5000/metrics.jsonl",
+            timeout=240,
+        )
         slurm = read_json(victim / "status.json")["slurm"]
         task = f"{slurm['array_job_id']}_{slurm['array_task_id']}"
         slurm_cluster.run("scancel", task)  # no signal: killed outright, as an OOM kill or an admin would

@@ -211,7 +211,7 @@ def test_rules():
     ("overrides", "expected"),
     [
         (["eval.scorer=reward_model"], "eval.scorer=reward_model needs eval.reward_model="),
-        (["eval.rule=bogus"], "eval.rule=bogus: must be one of starts_with, contains, toy_helpful"),
+        (["eval.rule=bogus"], "eval.rule=bogus: must be one of starts_with, ends_with, contains, toy_helpful"),
         (["eval.rule=starts_with"], "eval.rule=starts_with needs eval.rule_arg="),
         (["eval.scorer=rule", "dataset=local", "dataset.path=x.jsonl"], "eval.scorer=rule with dataset=local"),
         (["eval.temperature=-1"], "eval.temperature=-1"),

@@ -31,7 +31,7 @@ TRL_LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
-DATASET_ADAPTERS = ("toy", "opener", "local", "ultrafeedback", "hh_rlhf", "orca_dpo_pairs")
+DATASET_ADAPTERS = ("toy", "opener", "greeting", "signoff", "local", "ultrafeedback", "hh_rlhf", "orca_dpo_pairs")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANT_MODES = ("none", "nf4", "int8")
@@ -328,7 +328,7 @@ def _check_data_cache(cfg: DictConfig, problems: list[str]) -> None:
 
 def _check_eval(cfg: DictConfig, problems: list[str]) -> None:
     from dpo_sweeps.eval.scorers import SCORER_CHOICES
-    from dpo_sweeps.eval.scorers.rules import RULES, RULES_WITH_ARG
+    from dpo_sweeps.eval.scorers.rules import RULES, RULES_WITH_ARG, dataset_rules
 
     e = cfg.eval
     _one_of(problems, "eval.scorer", e.scorer, SCORER_CHOICES)
@@ -354,7 +354,7 @@ def _check_eval(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(
             "eval.scorer=reward_model needs eval.reward_model=<folder or hub id of a one-label reward model>."
         )
-    if e.scorer == "rule" and e.rule is None and (cfg.dataset.path or cfg.dataset.name not in ("toy", "opener")):
+    if e.scorer == "rule" and e.rule is None and (cfg.dataset.path or cfg.dataset.name not in dataset_rules()):
         problems.append(
             f"eval.scorer=rule with dataset={cfg.dataset.name}: it has no bundled rule. Set eval.rule=<"
             + ", ".join(RULES)

@@ -155,8 +155,10 @@ def adapt_toy(row: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
 
 ADAPTERS: dict[str, Callable[[dict[str, Any], DictConfig], dict[str, Any]]] = {
     "toy": adapt_toy,
-    # The bundled opener set has the toy set's fixed columns.
+    # The bundled style sets have the toy set's fixed columns.
     "opener": adapt_toy,
+    "greeting": adapt_toy,
+    "signoff": adapt_toy,
     "local": adapt_local,
     "ultrafeedback": adapt_ultrafeedback,
     "hh_rlhf": adapt_hh_rlhf,

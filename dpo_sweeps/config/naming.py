@@ -39,11 +39,15 @@ def identity_overrides(overrides: list[str] | None) -> list[str]:
 
 
 def _is_sweep(override: str) -> bool:
-    value = override.split("=", 1)[1] if "=" in override else ""
-    # Hydra's sweep syntax: a,b  range(..)  choice(..)  interval(..)  glob(..); quoted commas are not a sweep.
-    return bool(re.search(r"(^|[^\\]),|^(range|choice|interval|glob|tag)\(", value)) and not value.startswith(
-        ("'", '"', "[")
-    )
+    """Whether Hydra expands `override` into several values (`a,b`, `[1,2],[3,4]`, `range(..)`, `choice(..)`, ...).
+    Hydra's own parser decides: a list value is one value, a comma between lists is a sweep, quoted commas are not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0].is_sweep_override()
+    except OverrideParseException:
+        return False  # Hydra refuses it with its own message before any folder is named
 
 
 def _safe(name: str) -> str:

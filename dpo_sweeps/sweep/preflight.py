@@ -200,6 +200,7 @@ def check_sweep(
         points.append(
             {"overrides": overrides, "run_dir": run_dir, "state": state, "skip": state == "completed" and not cfg.rerun}
         )
+    bad += _sharing_a_folder(points)
     log.info(
         "Composed and validated %d sweep point(s) (%d distinct compositions) in %.2f s",
         len(points),
@@ -209,6 +210,27 @@ def check_sweep(
     if bad:
         raise SweepValidationError(bad, len(all_points))
     return CheckedSweep(points=points, seconds=time.perf_counter() - tic)
+
+
+def _sharing_a_folder(points: list[dict[str, Any]]) -> list[tuple[list[str], list[str]]]:
+    """Points that differ but would run in one folder (they differ only in keys that do not name folders: logger.*,
+    hydra.*, name, ...): the second would overwrite or skip the first, so the sweep is refused instead."""
+    first_in: dict[str, list[str]] = {}
+    bad = []
+    for point in points:
+        other = first_in.setdefault(point["run_dir"], point["overrides"])
+        if sorted(other) != sorted(point["overrides"]):
+            bad.append(
+                (
+                    point["overrides"],
+                    [
+                        f"would run in the same folder as point [{' '.join(other)}] ({point['run_dir']}): they differ "
+                        "only in keys that do not name a run folder (dpo_sweeps/config/naming.py). Sweep those in "
+                        "separate sweeps (name=<sweep> each)."
+                    ],
+                )
+            )
+    return bad
 
 
 def preflight(config: DictConfig) -> CheckedSweep:

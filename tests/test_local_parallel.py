@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import time
 from datetime import datetime
 
 import pytest
@@ -12,7 +14,17 @@ import pytest
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.sweep.local_launcher import points_at_once
 from dpo_sweeps.train import cluster
-from tests.helpers import REPO, TINY, compose_config, read_json, run_cli
+from tests.helpers import (
+    REPO,
+    TINY,
+    compose_config,
+    read_json,
+    run_cli,
+    run_dirs,
+    start_sweep,
+    trained_steps,
+    wait_for_point,
+)
 
 FINANCE = REPO / "tests" / "fixtures" / "datasets" / "finance" / "finance_prefs.jsonl"
 
@@ -157,3 +169,38 @@ def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_
         assert sorted(parallel_losses) == list(range(1, 7)), parallel_losses
         # The same seed and thread count: the same numbers, whichever launcher ran the point.
         assert parallel_losses == pytest.approx(sequential_losses, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_killed_sweep_stops_its_points_and_records_them_cancelled(tmp_path, sig):
+    # `kill` or a closed terminal once ended the sweep's process without a word while its points trained on, unseen,
+    # in their own processes (here: for 100000 steps), and a rerun found their folders busy.
+    sweep = tmp_path / "sweep"
+    proc = start_sweep(
+        ["-m", "hydra/launcher=local_parallel", "model=tiny_qwen", *TINY, "training.max_steps=100000",
+         "training.sample_completions=0", "eval.gen_prompts=0", "beta=0.1,0.2", f"hydra.sweep.dir={sweep}"]
+    )  # fmt: skip
+    wait_for_point(proc, sweep, trained_steps(1), "the points never started training")
+    deadline = time.monotonic() + 300
+    while len([p for p in run_dirs(sweep) if run_folder.read_history(p)]) < 2:  # both points training
+        assert proc.poll() is None and time.monotonic() < deadline, "the second point never started training"
+        time.sleep(0.2)
+    pids = [read_json(p / run_folder.STATUS_FILE)["pid"] for p in run_dirs(sweep)]
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert f"Stopped ({sig.name}): 2 running point(s) stopped and recorded as cancelled" in out, out
+    assert "Run the same command again to go on" in out
+    for pid in pids:  # no point process outlives the sweep's
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in _proc_state(pid), f"point process {pid} still runs"
+    for point in run_dirs(sweep):
+        status = read_json(point / run_folder.STATUS_FILE)
+        assert status["state"] == run_folder.CANCELLED, status
+        assert f"{sig.name} to its process" in status["error"]
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/status").read().split("State:")[1].splitlines()[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

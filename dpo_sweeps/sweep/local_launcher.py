@@ -14,7 +14,9 @@ for the third point's whole run); else one per core.
 The job side (`BaseSubmititLauncher.__call__`) is inherited unchanged: each point runs `sweep/job.py` in its own
 process, with its output in the sweep's `.submitit/` folder, and the submitting console gets one line per point from
 the sweep's watcher (`sweep/watcher.py`). A point whose process dies without a result (killed, out of memory) is
-recorded as failed in its status.json and the other points go on; Ctrl-C stops the running points.
+recorded as failed in its status.json and the other points go on. Ctrl-C stops the running points, and so do a
+`kill` (SIGTERM) and a closed terminal (SIGHUP): a point left running without the process that watches it would train
+on unseen, and a rerun would find its folder busy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +81,47 @@ def points_at_once(
             fit = max(1, int(memory_gb // float(mem_gb)))
             return max(1, min(n_points, MAX_POINTS_PER_CORE * cores, fit))
     return max(1, min(n_points, cores))
+
+
+def _stop_like_ctrl_c() -> dict[int, Any]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the points run (Python's default for them ends the process
+    without running `finally`, leaving the points' processes training on); returns the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    stops = [signal.SIGTERM, signal.SIGHUP]
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script (`cmd &` ignores SIGINT): the points' processes would inherit the
+        # ignored SIGINT, and SIGINT is how submitit stops them.
+        stops.append(signal.SIGINT)
+    return {sig: signal.signal(sig, interrupt) for sig in stops}
+
+
+def _stop(jobs: Any, grace_s: float = 10.0) -> None:
+    """Stop the points' processes: submitit's cancel (SIGINT to each point's controller, which stops its task and
+    kills it a second later), then wait for them, so that the sweep's process ends after its points."""
+    jobs = list(jobs)
+    for job in jobs:
+        job.cancel(check=False)
+    deadline = time.monotonic() + grace_s
+    while any(not job.done() for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)  # still up after the grace: it was signalled, nothing more to do here
+
+
+def _record_stopped(run_dir: str | None, why: str) -> None:
+    """A point stopped with the sweep: `cancelled` (not a failure of the run; a rerun resumes it)."""
+    if not run_dir:
+        return
+    if (run_folder.read_status(run_dir) or {}).get("state") in (run_folder.RUNNING, None):
+        run_folder.update_status(
+            run_dir,
+            state=run_folder.CANCELLED,
+            ended_at=run_folder.now_iso(),
+            error=f"stopped with the sweep ({why} to its process); run the sweep again to resume it",
+        )
 
 
 def _failed_return(overrides: list[str], error: str) -> JobReturn:
@@ -149,6 +195,7 @@ class ParallelLocalLauncher(LocalLauncher):
         waiting = list(enumerate(job_overrides))
         running: dict[int, Any] = {}
         results: list[JobReturn | None] = [None] * n
+        stop_signals = _stop_like_ctrl_c()
         previous = os.environ.get(POINTS_AT_ONCE_ENV)
         # The points' processes inherit this process's environment when they start (submitit's start_controller).
         os.environ[POINTS_AT_ONCE_ENV] = str(at_once)
@@ -166,9 +213,24 @@ class ParallelLocalLauncher(LocalLauncher):
                     results[i] = self._result(running.pop(i), overrides, run_dirs.get(tuple(overrides)))
                 if not ended:
                     time.sleep(POLL_S)
+        except KeyboardInterrupt as stop:
+            # Hydra would print a traceback: stop the points, record them, say how to go on.
+            stopped = [list(job_overrides[i]) for i in running]
+            _stop(running.values())
+            running.clear()
+            for overrides in stopped:
+                _record_stopped(run_dirs.get(tuple(overrides)), str(stop) or "SIGINT")
+            print(
+                f"Stopped ({stop or 'Ctrl-C'}): {len(stopped)} running point(s) stopped and recorded as cancelled, "
+                f"{len(waiting)} not started. Run the same command again to go on (completed points are skipped, "
+                "stopped ones resume from their last checkpoint, if they saved one).",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
         finally:
-            for job in running.values():  # Ctrl-C or an error here: no point keeps running unwatched
-                job.cancel(check=False)
+            _stop(running.values())  # an error here: no point keeps running unwatched
+            for sig, handler in stop_signals.items():
+                signal.signal(sig, handler)
             if previous is None:
                 os.environ.pop(POINTS_AT_ONCE_ENV, None)
             else:

@@ -157,6 +157,19 @@ def test_bad_settings_are_refused_before_any_trial_runs(tmp_path):
     assert not search.exists() or not list(search.glob("*/status.json")) and not (search / study.JOURNAL_FILE).exists()
 
 
+def test_dry_run_of_a_search_says_what_it_will_search_and_runs_nothing(tmp_path):
+    # A search has no grid before it runs: dry_run used to print "Sweep: 0 point(s)".
+    out = run_cli(
+        ["-m", "hparams_search=dpo_optuna", *FAST, "hydra.sweeper.n_trials=7", "hydra.sweeper.pruner.type=median",
+         "training.eval_steps=5", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'search'}"],
+        timeout=120,
+    ).stdout  # fmt: skip
+    assert "Search: 7 trial(s), 1 at a time, pruner median; trials are proposed as the search runs" in out, out
+    assert "  beta: tag(log, interval(0.01, 1.0))" in out and "  loss: choice(sigmoid, ipo, hinge)" in out
+    assert "0 point(s)" not in out and "dry_run=true: nothing was run or submitted." in out
+    assert not (tmp_path / "search" / study.JOURNAL_FILE).exists()
+
+
 def test_a_search_space_that_does_not_compose_is_refused_before_any_trial(tmp_path):
     """A misspelt key and a group option that does not exist: found by composing every choice and both ends of every
     range before the first trial, instead of failing in every trial's job."""

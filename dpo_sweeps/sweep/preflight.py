@@ -97,8 +97,25 @@ def resources(config: DictConfig) -> dict[str, Any]:
     return shown
 
 
+def _search_lines(config: DictConfig) -> list[str]:
+    """What a search sweeper will do: its trials are proposed as it runs, so there is no grid to list."""
+    sweeper = config.hydra.sweeper
+    lines = [
+        f"Search: {sweeper.get('n_trials', '?')} trial(s), {sweeper.get('n_jobs', 1)} at a time, pruner "
+        f"{(sweeper.get('pruner') or {}).get('type', 'none')}; trials are proposed as the search runs (none listed)"
+    ]
+    lines += [f"  {key}: {value}" for key, value in (sweeper.get("params") or {}).items()]
+    return lines
+
+
 def format_grid(points: list[dict], config: DictConfig) -> str:
     target = str(config.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1]
+    if not _uses_basic_sweeper(config):
+        lines = [f"Launcher {target}, sweep folder {config.hydra.sweep.dir}", *_search_lines(config)]
+        res = resources(config)
+        if res:
+            lines.append("Resources per job: " + ", ".join(f"{k}={v}" for k, v in res.items()))
+        return "\n".join(lines)
     lines = [f"Sweep: {len(points)} point(s), launcher {target}, sweep folder {config.hydra.sweep.dir}"]
     res = resources(config)
     if res:

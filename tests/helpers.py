@@ -98,3 +98,14 @@ def trained_steps(n: int) -> Callable[[Path], bool]:
     from dpo_sweeps.runs import folder as run_folder
 
     return lambda run_dir: any(r.get("step", 0) >= n for r in run_folder.read_history(run_dir))
+
+
+def preempt_at_step(proc: subprocess.Popen, sweep: Path, cluster, step: int, timeout: float = 300) -> Path:
+    """What a preemption delivers: USR2 to every step of the SLURM job of `sweep`'s first point, once it has logged
+    training step `step` (the tests pick a step between two save points, so a checkpoint can only come from the
+    signal); returns the point's folder."""
+    run_dir = wait_for_point(
+        proc, sweep, trained_steps(step), "job ended or stalled before the signal", "*/metrics.jsonl", timeout
+    )
+    cluster.run("scancel", "--signal=USR2", read_json(run_dir / "status.json")["slurm"]["job_id"])
+    return run_dir

@@ -16,7 +16,15 @@ import pytest
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import checkpoints, cluster
 from tests import slurm_support
-from tests.helpers import FORCE_FSDP, TINY, read_json, run_cli, start_sweep, trained_steps, wait_for_point
+from tests.helpers import (
+    FORCE_FSDP,
+    TINY,
+    preempt_at_step,
+    read_json,
+    run_cli,
+    start_sweep,
+    wait_for_point,
+)
 from tests.slurm_support import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
@@ -286,12 +294,7 @@ def test_a_preempted_two_node_job_checkpoints_once_is_requeued_and_resumes_to_th
     sweep = tmp_path / "preempted"
     proc = start_sweep(["-m", *common, *two_nodes, f"hydra.sweep.dir={sweep}"])
     try:
-        run_dir = wait_for_point(
-            proc, sweep, trained_steps(5), "job ended or stalled before the signal", "*/metrics.jsonl"
-        )
-        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
-        # What a preemption delivers: USR2 to the job's steps on both nodes.
-        slurm_cluster.run("scancel", "--signal=USR2", job_id)
+        run_dir = preempt_at_step(proc, sweep, slurm_cluster, 5)  # USR2 to the job's steps on both nodes
         out, _ = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:

@@ -17,7 +17,14 @@ import torch
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import cluster
-from tests.helpers import FORCE_FSDP, TINY, read_json, run_cli, start_sweep, trained_steps, wait_for_point
+from tests.helpers import (
+    FORCE_FSDP,
+    TINY,
+    preempt_at_step,
+    read_json,
+    run_cli,
+    start_sweep,
+)
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -134,11 +141,7 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     proc = start_sweep(["-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"], env=FORCE_FSDP)
     try:
         # Between two save points (save_steps=20): the checkpoint can only come from the signal.
-        run_dir = wait_for_point(
-            proc, sweep, trained_steps(5), "job ended or stalled before the signal", "*/metrics.jsonl"
-        )
-        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
-        slurm_cluster.run("scancel", "--signal=USR2", job_id)
+        run_dir = preempt_at_step(proc, sweep, slurm_cluster, 5)
         out, _ = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from dpo_sweeps.runs import folder as run_folder
-from tests.helpers import REPO, TINY, read_json, run_cli
+from tests.helpers import REPO, TINY, preempt_at_step, read_json, run_cli
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
@@ -89,18 +88,8 @@ def test_usr2_mid_training_saves_requeues_resumes_and_matches_an_uninterrupted_r
     )
     ref_dir = tmp_path / "ref"
     try:
-        deadline = time.monotonic() + 180
-        run_dir = None
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "job ended or stalled before the signal"
-            found = [p.parent for p in sweep.glob("*/metrics.jsonl")]
-            # Signal between two save points (save_steps=40), so the checkpoint can only come from the signal.
-            if found and any(r.get("step", 0) >= 10 for r in run_folder.read_history(found[0])):
-                run_dir = found[0]
-                break
-            time.sleep(0.1)
-        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
-        slurm_cluster.run("scancel", "--signal=USR2", job_id)
+        # Signal between two save points (save_steps=40), so the checkpoint can only come from the signal.
+        run_dir = preempt_at_step(proc, sweep, slurm_cluster, 10, timeout=180)
         # Meanwhile, the uninterrupted reference run of the same config, in this machine's other core.
         run_cli([*common, f"hydra.run.dir={ref_dir}"])
         out, _ = proc.communicate(timeout=300)

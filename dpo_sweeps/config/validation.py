@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_sweeps.config import fsdp
+
 TRL_LOSS_TYPES = (
     "sigmoid",
     "hinge",
@@ -242,32 +244,13 @@ def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
         problems.append(f"resume.max_requeues={cfg.resume.max_requeues}: must be >= 0.")
 
 
-FSDP_STATE_DICT_TYPES = ("FULL_STATE_DICT", "SHARDED_STATE_DICT")
-
-
 def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:
     t = cfg.training
     if t.dist_timeout_min <= 0:
         problems.append(
             f"training.dist_timeout_min={t.dist_timeout_min}: must be > 0 (minutes a collective waits for a peer)."
         )
-    fsdp = cfg.training.fsdp
-    if not fsdp.enabled:
-        return
-    if cfg.training.use_cpu:
-        problems.append(
-            "training.fsdp.enabled=true with training.use_cpu=true: FSDP shards over GPUs. "
-            "Fix: training.fsdp.enabled=false."
-        )
-    if cfg.quantization.mode != "none" or cfg.model.prequantized:
-        what = f"quantization={cfg.quantization.mode}" if cfg.quantization.mode != "none" else "a pre-quantized model"
-        problems.append(
-            f"training.fsdp.enabled=true with {what}: bitsandbytes weights are not sharded by FSDP here. "
-            "Fix: training.fsdp.enabled=false (DDP), or an unquantized model for full-parameter FSDP."
-        )
-    if fsdp.version not in (1, 2):
-        problems.append(f"training.fsdp.version={fsdp.version}: 2 (FSDP2) or 1 (legacy FSDP). Fix: 2.")
-    _one_of(problems, "training.fsdp.state_dict_type", fsdp.state_dict_type, FSDP_STATE_DICT_TYPES)
+    fsdp.check(cfg, problems)
 
 
 def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:

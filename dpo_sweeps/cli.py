@@ -12,7 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from dpo_sweeps.config import naming  # noqa: F401  (registers the folder-name resolvers)
+from dpo_sweeps.config import (
+    naming,  # noqa: F401  (registers the folder-name resolvers)
+    typos,
+)
 from dpo_sweeps.config.schema import register_schemas
 from dpo_sweeps.paths import register_path_resolvers
 
@@ -20,6 +23,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 register_schemas()
 register_path_resolvers()
+typos.install()  # `lora.rank=8`: our unknown-key message instead of Hydra's "use +lora.rank=8"
 # conf/hydra/launcher/submitit_local.yaml deliberately shadows the plugin's schema of the same name (see the file);
 # Hydra's deprecation notice about it, printed four times per sweep, tells a user nothing they can act on.
 warnings.filterwarnings(

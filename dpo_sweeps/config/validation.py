@@ -8,13 +8,12 @@ Never "fixes" a user's setting silently. Imports nothing heavy: it runs before a
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.config import fsdp
+from dpo_sweeps.config.typos import known_keys, unknown_key_message
 
 TRL_LOSS_TYPES = (
     "sigmoid",
@@ -267,23 +266,17 @@ def _check_ref_cache(cfg: DictConfig, problems: list[str]) -> None:
 
 
 def _unknown_keys(node: DictConfig, prefix: str, problems: list[str]) -> None:
-    schema = OmegaConf.get_type(node)
-    if not dataclasses.is_dataclass(schema):
+    known = known_keys(node)
+    if known is None:
         return  # a free-form dict: any key is the user's
-    known = [f.name for f in dataclasses.fields(schema)]
     for key in node:
         key = str(key)
         if prefix == "" and key == "hydra":
             continue  # the sweep-level config carries Hydra's own node next to ours
         full = f"{prefix}{key}"
         if key not in known:
-            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"did you mean {prefix}{near[0]}?" if near else f"valid keys: {', '.join(known)}."
             value = OmegaConf.to_container(node, resolve=False).get(key)
-            problems.append(
-                f"{full}={value}: unknown key, {hint} (`+` adds a key to a typed group unchecked; Hydra refuses the "
-                "same typo without `+`). Fix: correct the name, or drop the override."
-            )
+            problems.append(unknown_key_message(full, value, known, added=True))
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():

@@ -151,6 +151,61 @@ def read_file(path: Path) -> Rows:
         raise DataFileError(f"{path}: broken gzip file ({exc}).") from None
 
 
+def first_rows(path: Path, count: int = 5) -> int:
+    """Parse the first `count` rows of a data file (the pre-launch check: a file that cannot be read fails before any
+    job starts, without reading a 1 GB file through). Returns how many rows were read; raises DataFileError."""
+    fmt = _format_of(path)
+    if fmt is None:
+        raise DataFileError(f"{path}: unknown file type; use one of {', '.join(FORMATS)} (optionally .gz).")
+    try:
+        if fmt == ".jsonl":
+            rows = 0
+            with _open_text(path) as f:
+                for lineno, line in enumerate(f, start=1):
+                    if rows >= count:
+                        break
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataFileError(
+                            f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})."
+                        ) from None
+                    if not isinstance(row, dict):
+                        raise DataFileError(
+                            f"{path} line {lineno}: expected a JSON object per line, got {type(row).__name__}."
+                        )
+                    rows += 1
+        elif fmt == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                rows = min(count, pq.ParquetFile(path).metadata.num_rows)
+            except Exception as exc:  # pyarrow's ArrowInvalid/OSError, in its own words
+                raise DataFileError(f"{path}: not a valid parquet file ({type(exc).__name__}: {exc}).") from None
+        elif fmt == ".csv":
+            with _open_text(path) as f:
+                reader = csv.DictReader(f)
+                try:
+                    rows = sum(1 for _, row in zip(range(count), reader, strict=False) if None not in row)
+                except csv.Error as exc:
+                    raise DataFileError(f"{path} line {reader.line_num}: not valid CSV ({exc}).") from None
+                if reader.fieldnames is None:
+                    raise DataFileError(f"{path}: empty CSV file (no header line).")
+        else:  # one JSON document: it parses whole or not at all
+            rows = len(read_file(path))
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataFileError(f"{path}: broken gzip file ({exc}).") from None
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if rows == 0:
+        raise DataFileError(f"{path}: no rows (an empty file).")
+    return rows
+
+
 def _split_of(path: Path) -> str | None:
     """The split a file belongs to, from its name (`train-0000.parquet`, `test.jsonl.gz`, `train_prefs-...`)."""
     name = path.name.lower()

@@ -184,7 +184,9 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def one_line(text: str, limit: int = 160) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else ""  # a traceback's last line is the exception
+    # A traceback's last line is the exception; an error message's first line names the cause (the hub's "We couldn't
+    # connect to ..." comes before its "Check your internet connection ...").
+    line = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

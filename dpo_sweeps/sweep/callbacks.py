@@ -17,6 +17,7 @@ from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs import reading
 from dpo_sweeps.search.files import TRIALS_CSV
 from dpo_sweeps.slurm.handoff import CheckedSweep
+from dpo_sweeps.sweep.inputs import check_run
 from dpo_sweeps.sweep.preflight import preflight
 from dpo_sweeps.sweep.watcher import SweepWatcher
 from dpo_sweeps.tracking.sweep_summary import log_sweep_summary
@@ -77,6 +78,10 @@ class SweepSummary(Callback):
         # submitit pickles the launcher, with Hydra's callbacks, into every job: a thread does not pickle, and the
         # point list of a big sweep would be copied into every job's pickle.
         return {**self.__dict__, "handoff": None, "watcher": None}
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run: checked before Hydra creates its folder, so a mistake leaves nothing behind.
+        check_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.

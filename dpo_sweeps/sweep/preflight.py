@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpo_sweeps.config.validation import ConfigError, find_problems
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm.handoff import CheckedSweep
+from dpo_sweeps.sweep.inputs import InputCheck
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,9 @@ def check_sweep(
     again, see `dpo_sweeps/slurm/handoff.py`). `on_point(number, overrides, cfg)` sees each composed point (the
     memory check); under another sweeper, the base config."""
     loader = GlobalHydra.instance().config_loader()
+    inputs = InputCheck()  # the files every point names, each distinct one opened once
     if not _uses_basic_sweeper(config):
-        problems = find_problems(config)
+        problems = find_problems(config) + inputs.problems(config)
         if problems:
             raise SweepValidationError([(["<base config>"], problems)], 1)
         if on_point:
@@ -205,7 +207,7 @@ def check_sweep(
     compose_point = _PointComposer(config, loader)
     for number, overrides in enumerate(all_points):
         cfg = compose_point(overrides)
-        problems = find_problems(cfg)
+        problems = find_problems(cfg) + inputs.problems(cfg)
         if problems:
             bad.append((overrides, problems))
         elif on_point:

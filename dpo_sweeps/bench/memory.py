@@ -1,10 +1,10 @@
-"""The memory estimate (dpo_sweeps/slurm/memory.py) against the GPU benchmark's measured peaks: the README's table.
+"""The memory estimate (dpo_sweeps/slurm/memory.py) against the GPU benchmark's measured peaks (docs/distributed.md).
 
     python -m dpo_sweeps.bench.memory              # the calibration table
     python -m dpo_sweeps.bench.memory --presets    # and every experiment preset's estimate: the GPUs it needs
 
-The measurements are the README's GPU table (`python -m dpo_sweeps.bench.gpu`: one H100 80GB, torch 2.11, peak =
-`torch.cuda.max_memory_allocated` over the whole run, evaluation included). The estimate is compared on the same
+The measurements are docs/performance.md's GPU table (`python -m dpo_sweeps.bench.gpu`: one H100 80GB, torch 2.11,
+peak = `torch.cuda.max_memory_allocated` over the whole run, evaluation included). The estimate is compared on the same
 quantity: its allocated peak, without the CUDA context and fragmentation margin that the pre-launch check adds.
 No torch: runs anywhere.
 """
@@ -22,7 +22,7 @@ from dpo_sweeps.slurm.memory import GIB, Arch, RunSettings, estimate
 # longest 1001; a batch pads to its longest sequence, so 1001 is the bound the estimate uses.
 BENCH_SEQ_LEN = 1001
 BENCH = RunSettings(micro_batch=4, seq_len=BENCH_SEQ_LEN, eval_batch=8)
-# (configuration as the README's table names it, its settings, measured peak GiB)
+# (configuration as docs/distributed.md's table names it, its settings, measured peak GiB)
 MEASURED = (
     ("LoRA r16, no ref cache", {"lora_rank": 16}, 4.8),
     ("LoRA r16, ref cache", {"lora_rank": 16, "reference_copy": False}, 4.8),
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Qwen2.5-1.5B-Instruct architecture ({bench_arch().params / 1e9:.2f}B parameters), bf16, batch 4 pairs, "
         f"sequences padded to {BENCH_SEQ_LEN} tokens, eval batch 8 pairs, gradient checkpointing, AdamW; measured "
-        "on one H100 (README, GPU table). Estimate = allocated peak (the pre-launch check adds the CUDA context and "
-        "fragmentation on top)."
+        "on one H100 (docs/performance.md, GPU table). Estimate = allocated peak (the pre-launch check adds the CUDA "
+        "context and fragmentation on top)."
     )
     print()
     print(table())

@@ -8,7 +8,7 @@ jobs held (`sbatch --hold`: they wait and never run), measures the wall time fro
 task is visible in `squeue`, reads the launcher's own breakdown from its log (validate = the pre-launch composition
 and validation, prepare = reading the site's limits + writing the job pickles, sbatch = the sbatch calls), then
 cancels the jobs and stops the process. The split into arrays follows the cluster's MaxArraySize: the local cluster
-sets 3 for the tests; `DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE=1001 make slurm-up` gives SLURM's default (the README's
+sets 3 for the tests; `DPO_SWEEPS_SLURM_MAX_ARRAY_SIZE=1001 make slurm-up` gives SLURM's default (docs/slurm.md's
 table). The cluster must hold 1200 more jobs (MaxJobCount; cancelled jobs count for MinJobAge=300 s).
 `--stock` also times the same command with the stock hydra-submitit-launcher
 (`hydra.launcher._target_=STOCK_TARGET`; it logs no breakdown, so only its wall time is measured; it submits one array

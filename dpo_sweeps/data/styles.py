@@ -1,5 +1,5 @@
 """Two more bundled style sets, `greeting` and `signoff`, beside `opener`: the sets `smollm2_demo`'s settings were
-tuned on without being written for them (README, "A real model on CPU").
+tuned on without being written for them (docs/evaluation.md).
 
 Both are built on their own questions (other topics and other phrasings than `opener`'s, none shared) and on the
 answers SmolLM2-135M-Instruct wrote to them itself, so that the only thing a pair teaches is the style:

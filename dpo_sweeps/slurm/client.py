@@ -11,6 +11,8 @@ The map (SLURM state -> the point's state):
 - every other final state (FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, BOOT_FAIL, DEADLINE, ...): `failed`.
   PREEMPTED is final: a job SLURM requeues after preemption shows as waiting again, not as PREEMPTED.
 
+It also reads what the site has (`sinfo`, `scontrol show config`, `sacctmgr`) for the site profile (`profile`).
+
 Every command has a timeout; a controller that cannot be asked raises `SlurmCommandError` (callers decide whether
 that is silence or an error). Import-light: subprocess only.
 """
@@ -157,3 +159,37 @@ def task_details(job_id: str, timeout: float = QUERY_TIMEOUT_S) -> dict[str, str
     except SlurmCommandError:
         pass
     return {"state": GONE, "reason": "", "exit_code": ""}
+
+
+# ------------------------------------------------------------------ what the site has (python -m ...slurm.profile)
+
+# One line per partition and group of identical nodes: partition (default marked *), CPUs, memory (MB), gres, time
+# limit, node count, features. The first six fields are the pre-launch check's (resources.SINFO_FORMAT).
+NODES_FORMAT = "%P|%c|%m|%G|%l|%D|%f"
+
+
+def site_nodes(timeout: float = QUERY_TIMEOUT_S) -> str:
+    """`sinfo` in NODES_FORMAT (-e: exact values, not "8+")."""
+    return run("sinfo", "--noheader", "--exact", "--format", NODES_FORMAT, timeout=timeout)
+
+
+def site_config(timeout: float = QUERY_TIMEOUT_S) -> str:
+    """`scontrol show config`: MaxArraySize, SelectTypeParameters, AccountingStorageType, ..."""
+    return run("scontrol", "show", "config", timeout=timeout)
+
+
+def user_accounting(user: str, timeout: float = QUERY_TIMEOUT_S) -> tuple[str, str]:
+    """(`sacctmgr show user` DefaultAccount, `sacctmgr show assoc` Account|Partition|DefaultQOS|QOS lines) of a user;
+    only meaningful where accounting runs (slurmdbd)."""
+    default = run("sacctmgr", "-n", "-P", "show", "user", user, "format=DefaultAccount", timeout=timeout)
+    assoc = run(
+        "sacctmgr",
+        "-n",
+        "-P",
+        "show",
+        "assoc",
+        f"user={user}",
+        "format=Account,Partition,DefaultQOS,QOS",
+        timeout=timeout,
+    )
+    return default, assoc

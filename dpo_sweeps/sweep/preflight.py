@@ -296,8 +296,8 @@ def preflight(config: DictConfig) -> CheckedSweep:
         lines = "\n".join(f"  - {p}" for p in too_big)
         raise SystemExit(
             f"Error: {len(too_big)} configuration(s) of this sweep cannot fit in GPU memory; nothing was submitted:\n"
-            f"{lines}\n(The estimate: dpo_sweeps/slurm/memory.py, calibrated in README.md. If you know better: "
-            "DPO_SWEEPS_MEMORY_CHECK=0, or hydra.launcher.gpu_mem_gb=<GiB per GPU>.)"
+            f"{lines}\n(The estimate: dpo_sweeps/slurm/memory.py, calibrated in docs/distributed.md. If you know "
+            "better: DPO_SWEEPS_MEMORY_CHECK=0, or hydra.launcher.gpu_mem_gb=<GiB per GPU>.)"
         )
     for note in memory.lines() if is_slurm_launcher(launcher) else []:
         log.info("%s", note)

@@ -5,6 +5,7 @@ stand-in commands on PATH print the recorded columns a command asks for)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -118,7 +119,7 @@ def test_gpu_site_profile_for_another_partition_and_a_gpu_whose_size_is_unknown(
     sinfo = recorded("sinfo.txt").replace(",a100_80gb", "")
     text = profile.build_profile("x", sinfo, recorded("scontrol_show_config.txt"))
     values = yaml.safe_load(text)
-    assert values["gpu_mem_gb"] is None and "a bare a100 (40 or 80 GB)" in text
+    assert values["gpu_mem_gb"] is None and "a bare a100 (40 or 80 GB)" in re.sub(r"\n#\s+", " ", text)
     # Without accounting: no account or QOS asked for.
     assert (values["account"], values["qos"]) == (None, None)
     with pytest.raises(SystemExit, match="no such partition"):
@@ -202,3 +203,8 @@ def test_profile_of_the_local_cluster_passes_the_pre_launch_check(slurm_cluster,
     )
     assert "Cluster check" not in dry.stdout, dry.stdout
     assert "accounting on" in dry.stdout and "partition=debug" in dry.stdout, dry.stdout
+
+
+def test_the_docs_show_what_the_command_writes_for_the_recorded_site():
+    _, text = gpu_site_profile(origin=" on login01, 2026-12-07 20:44 UTC,")
+    assert f"```yaml\n{text.rstrip()}\n```" in (REPO / "docs" / "slurm.md").read_text()

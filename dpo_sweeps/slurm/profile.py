@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ def gpu_memory(groups: list[Nodes]) -> tuple[float | None, str]:
             # A type sold in several sizes (a100) is often named with its size in the node features (a100_80gb).
             feature = next((f for f in g.features if gpu_type.lower() in f.lower() and gpu_gib_of_type(f)), None)
             if gib is None and feature:
-                gib, gpu_type = gpu_gib_of_type(feature), f"{gpu_type} (feature {feature})"
+                gib, gpu_type = gpu_gib_of_type(feature), f"{gpu_type} (node feature {feature})"
             if gib is None:
                 unknown.append(gpu_type)
             else:
@@ -97,7 +98,7 @@ def gpu_memory(groups: list[Nodes]) -> tuple[float | None, str]:
         return None, "no GPUs in this partition"
     smallest = min(sizes.values())
     listed = ", ".join(f"{t} = {v:g} GiB" for t, v in sorted(sizes.items()))
-    return smallest, f"from the GPU type in sinfo's gres ({listed}; the table of common GPUs in memory_check.py)"
+    return smallest, f"GiB of one GPU, from sinfo: {listed} (GPU types: the table in slurm/memory_check.py)"
 
 
 def choose_partition(rows: list[Nodes], wanted: str | None) -> tuple[str, str]:
@@ -187,17 +188,18 @@ def build_profile(
     account, qos, why_account, why_qos = _accounting(config, user_default_text, assoc_text)
     select = config.get("SelectTypeParameters", "")
     timeout = DEFAULT_TIMEOUT_MIN if limit_min is None else min(DEFAULT_TIMEOUT_MIN, int(limit_min))
+    header = (
+        f"Written by `python -m dpo_sweeps.slurm.profile {name}`{origin} from sinfo, scontrol show config"
+        + (" and sacctmgr. " if account or qos else ". ")
+        + "Each value says where it came from; lines with CHECK need a person. Keep the file: every sweep on this "
+        f"cluster names it (hydra/launcher={name}); any key can still be set per sweep (hydra.launcher.timeout_min=600)."
+        f" Cluster {config.get('ClusterName', '?')}: MaxArraySize={config.get('MaxArraySize', '?')} (a larger sweep "
+        f"is split into several arrays at submission), MaxJobCount={config.get('MaxJobCount', '?')}."
+    )
     lines = [
         "# @package hydra.launcher",
-        f"# python -m dpo_sweeps -m hydra/launcher={name} model=tiny_qwen dataset=toy training=smoke beta=0.1,0.3 dry_run=true",
-        f"# Written by `python -m dpo_sweeps.slurm.profile {name}`{origin} from sinfo, scontrol show config"
-        + (" and sacctmgr." if account or qos else "."),
-        "# Each value says where it came from; lines with CHECK need a person. Keep the file: every sweep on this",
-        "# cluster names it (hydra/launcher="
-        + name
-        + "). Any key can still be set per sweep: hydra.launcher.timeout_min=600",
-        f"# Cluster {config.get('ClusterName', '?')}: MaxArraySize={config.get('MaxArraySize', '?')} (a larger sweep is "
-        "split into several arrays at submission), MaxJobCount=" + config.get("MaxJobCount", "?") + ".",
+        f"# python -m dpo_sweeps -m hydra/launcher={name} model=qwen1_5b beta=0.1,0.3 dry_run=true",
+        *textwrap.wrap(header, width=118, initial_indent="# ", subsequent_indent="# "),
         "# Partitions (sinfo: nodes x CPUs, memory MB, gres, time limit, features):",
     ]
     for r in rows:
@@ -215,7 +217,7 @@ def build_profile(
     ]
 
     def value(key: str, val, why: str) -> None:
-        lines.append(f"# {why}")
+        lines.extend(textwrap.wrap(why, width=118, initial_indent="# ", subsequent_indent="#   "))
         lines.append(f"{key}: {_yaml(val)}")
 
     value("partition", part, f"{why_part}. CHECK: another partition: --partition when writing this, or edit here")

@@ -74,7 +74,7 @@ def read_point(run_dir: Path, now: float) -> PointStatus:
     """What the run folder alone says (no SLURM): pending when the point has not started."""
     if not (run_dir / run_folder.STATUS_FILE).exists():
         return PointStatus(name=run_dir.name, run_dir=str(run_dir), state=PENDING)
-    status = reading.read_run(run_dir, history=False).status
+    status = reading.read_run(run_dir, history=False, objective=False).status
     progress = reading.read_json_object(run_dir / run_folder.PROGRESS_FILE) or {}
     logged = progress or reading.last_logged(run_dir)
     slurm = status.get("slurm") or {}

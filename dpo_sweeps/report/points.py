@@ -7,6 +7,7 @@ Import-light (no matplotlib, nothing of the torch stack).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,8 @@ def resolve_objective(points: list[RunRecord], metric: str | None, mode: str | N
         for p in points
         if not p.objective and p.metrics.get("objective_metric")
     ]
-    configured = max(found, key=found.count) if found else (DEFAULT_METRIC, DEFAULT_MODE)
+    # Counter, not max(found, key=found.count): that counted the whole list once per point (quadratic).
+    configured = Counter(found).most_common(1)[0][0] if found else (DEFAULT_METRIC, DEFAULT_MODE)
     if metric is None:
         metric = configured[0]
     if mode is None:

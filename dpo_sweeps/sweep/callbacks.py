@@ -46,7 +46,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         if not (d / run_folder.STATUS_FILE).exists():
             rows.append({"run_dir": str(d), "state": "missing", "error": None})
             continue
-        run = reading.read_run(d, history=False)
+        run = reading.read_run(d, history=False, objective=False)
         rows.append({"run_dir": str(d), "state": run.status.get("state", "missing"), "error": run.error or None})
     return rows
 

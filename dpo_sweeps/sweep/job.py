@@ -114,6 +114,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
         error=None,
         traceback=None,
         dead_rank=None,
+        # What ranks the points, where readers find it without parsing config.yaml (runs/reading.py).
+        objective={"metric": cfg.objective.metric, "mode": cfg.objective.mode},
         **trial_job.status_fields(),
     )
     _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1})")

@@ -188,12 +188,18 @@ def test_markdown(sweep):
 def test_plots_and_manifest(sweep):
     report = write_sweep_report(sweep)
     plots = sweep / "plots"
-    assert report.plots == [plots / "metric_vs_beta.png", plots / "metric_vs_lora.png", plots / "curves.png"]
+    files = ["metric_vs_beta.png", "metric_vs_lora.png", "curves.png", "heatmap_beta_lora.png"]
+    assert report.plots == [plots / f for f in files]
     for png in report.plots:
         assert_valid_png(png)
     manifest = json.loads(report.manifest.read_text())
     figures = {f["file"]: f for f in manifest["figures"]}
-    assert list(figures) == ["metric_vs_beta.png", "metric_vs_lora.png", "curves.png"]
+    assert list(figures) == files
+    # Two swept parameters: the objective over both, one cell per pair; the best (beta=0.1, r16) outlined.
+    heatmap = figures["heatmap_beta_lora.png"]
+    assert (heatmap["x"], heatmap["y"], heatmap["value"]) == ("beta", "lora", "eval_rewards/accuracies")
+    assert heatmap["x_values"] == BETAS and heatmap["y_values"] == ["none", "r16"] and heatmap["cells"] == 6
+    assert heatmap["best"] == {"beta": "0.1", "lora": "r16", "eval_rewards/accuracies": accuracy("0.1", "r16")}
     assert manifest["skipped"] == []
 
     vs_beta = figures["metric_vs_beta.png"]

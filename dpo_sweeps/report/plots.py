@@ -1,5 +1,7 @@
-"""The sweep report's figures: final metrics against each swept parameter, the loss and margin curves of every point,
-and (from `seeds`) the reward-KL frontier and seed means; plots/plots.json says what each figure shows.
+"""The sweep report's figures: final metrics against each swept parameter (one line per value of the other swept
+parameters while there are few, else every point as a dot coloured by the next swept parameter with the median over
+them), the curves (`curves`), the reward-KL frontier (`frontier`), the objective over two swept parameters
+(`heatmap`) and seed means (`seeds`); plots/plots.json says what each figure shows.
 
 matplotlib is imported inside `write_plots` only: the rest of the report runs without it.
 """
@@ -11,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps.report import seeds
+from dpo_sweeps.report import frontier, seeds
+from dpo_sweeps.report.curves import plot_curves
+from dpo_sweeps.report.heatmap import plot_heatmap
 from dpo_sweeps.report.points import (
-    CURVE_PANELS,
-    CURVES_PNG,
+    DEFAULT_MODE,
     PLOTS_MANIFEST,
     VS_PANELS,
     is_numeric_param,
@@ -24,11 +27,16 @@ from dpo_sweeps.report.points import (
     value_order,
 )
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.runs.reading import RunRecord, finite, number
+from dpo_sweeps.runs.reading import RunRecord, finite
 from dpo_sweeps.search.files import PARETO_CSV
 
+# Lines per panel of metric_vs_<param>.png at most; past it the points are dots coloured by the next parameter.
+MAX_SERIES = 6
 
-def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[list[Path], dict[str, Any]]:
+
+def write_plots(
+    plots_dir: Path, points: list[RunRecord], metric: str, mode: str = DEFAULT_MODE
+) -> tuple[list[Path], dict[str, Any]]:
     """Draw every figure, write plots/plots.json, return (png paths, manifest). A figure without data is not drawn
     (the manifest lists it under `skipped` with the reason)."""
     import matplotlib
@@ -57,8 +65,9 @@ def write_plots(plots_dir: Path, points: list[RunRecord], metric: str) -> tuple[
             written.append(plots_dir / entry["file"])
 
     for entry in [
-        _plot_curves(plt, plots_dir, points, swept),
-        seeds.plot_frontier(plt, plots_dir, points, swept, pareto=_pareto_points(plots_dir.parent)),
+        plot_curves(plt, plots_dir, points, swept),
+        frontier.plot_frontier(plt, plots_dir, points, swept, pareto=_pareto_points(plots_dir.parent)),
+        plot_heatmap(plt, plots_dir, points, swept, metric, mode),
         *seeds.plot_means_vs_param(plt, plots_dir, points, swept, metric),
     ]:
         if entry is None:
@@ -114,10 +123,17 @@ def _plot_vs_param(plt, plots_dir, points, param, others, numeric, panels) -> di
     for p in sorted(have, key=lambda p: [value_order(p.overrides.get(k, "")) for k in others]):
         groups.setdefault(point_label(p, others) if others else "all points", []).append(p)
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    dots = len(groups) > MAX_SERIES
+    if dots:
+        entry["colour"] = others[0]
+        dot_colours, legend = frontier.colours(plt, have, others[0])
+        colour_of = {id(p): c for p, c in zip(have, dot_colours, strict=True)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + (1 if dots else 0), 4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         panel = {"y": key, "series": []}
-        for label, group in groups.items():
+        if dots:
+            _dots(plt, fig, ax, have, x_of, key, colour_of, legend, others[0], panel)
+        for label, group in groups.items() if not dots else ():
             xy = sorted((x_of(p), p.value(key)) for p in group if finite(p.value(key)))
             if not xy:
                 continue
@@ -135,7 +151,7 @@ def _plot_vs_param(plt, plots_dir, points, param, others, numeric, panels) -> di
                 ax.set_xscale("log")
         else:
             ax.set_xticks(range(len(categories)), categories)
-        if panel["series"] and (others or len(panel["series"]) > 1):
+        if panel["series"] and (others or len(panel["series"]) > 1) and not dots:
             ax.legend(fontsize="small")
         entry["panels"].append(panel)
     fig.suptitle(f"final eval metrics vs {param}")
@@ -145,40 +161,18 @@ def _plot_vs_param(plt, plots_dir, points, param, others, numeric, panels) -> di
     return entry
 
 
-def _plot_curves(plt, plots_dir, points, swept) -> dict[str, Any]:
-    entry: dict[str, Any] = {"file": CURVES_PNG, "kind": "curves", "x": "step", "panels": []}
-    if not any(p.history for p in points):
-        entry["skipped"] = "no point has a metrics.jsonl history"
-        return entry
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
-    colors = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
-    handles: dict[str, Any] = {}
-    for ax, (key, title) in zip(axes.flat, CURVE_PANELS, strict=True):
-        panel = {"y": key, "series": []}
-        for i, p in enumerate(points):
-            xy = [(r["step"], number(r.get(key))) for r in p.history if "step" in r and number(r.get(key)) is not None]
-            if not xy:
-                continue
-            xy.sort()
-            label = point_label(p, swept)
-            (line,) = ax.plot(
-                [x for x, _ in xy],
-                [y for _, y in xy],
-                color=colors(i % colors.N),
-                marker="o" if len(xy) <= 20 else None,
-                markersize=3,
-                label=label,
-            )
-            handles.setdefault(label, line)
-            panel["series"].append({"label": label, "n_points": len(xy)})
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        if not panel["series"]:
-            ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
-        entry["panels"].append(panel)
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(plots_dir / CURVES_PNG, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return entry
+def _dots(plt, fig, ax, have, x_of, key, colour_of, legend, colour_key, panel) -> None:
+    """Every point as a dot coloured by `colour_key`, and the median at each x over the other parameters' values."""
+    xy = [(x_of(p), p.value(key), colour_of[id(p)]) for p in have if finite(p.value(key))]
+    if not xy:
+        return
+    ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], c=[c for _, _, c in xy], s=14, alpha=0.6, linewidths=0)
+    by_x: dict[float, list[float]] = {}
+    for x, y, _ in xy:
+        by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    medians = [sorted(by_x[x])[len(by_x[x]) // 2] for x in xs]
+    ax.plot(xs, medians, color="black", linewidth=1.5, label="median over the other parameters")
+    frontier.say_colours(plt, fig, ax, legend, colour_key)
+    ax.legend(fontsize="x-small")
+    panel["series"].append({"label": f"every point, coloured by {colour_key}", "n_points": len(xy)})

@@ -1,11 +1,9 @@
-"""What the sweep report says across points: the reward-KL frontier and seeds aggregated into configurations.
+"""What the sweep report says across points: seeds aggregated into configurations (the frontier's figure is drawn by
+frontier.py).
 
 Called from `sweep_report.py` and `plots.py` (summary.csv, summary.md, plots/); stdlib and matplotlib only, like the report.
 
-    plots/reward_kl_frontier.png  generation score and win rate against gen/kl_to_ref (gen/logratio_to_ref when the
-                                  points are not in the KL regime, labelled so), one point per sweep point with
-                                  +-1 standard error over prompts both ways (and, when seeds are swept, one per
-                                  configuration: mean with 95% intervals over seeds both ways)
+    plots/reward_kl_frontier.png  (frontier.py) with seeds swept, per-configuration means with 95% intervals
     summary_by_config.csv         when `seed` is swept: one row per configuration (every override except seed) with
                                   `n` (points with the objective), `seeds`, the seeds that failed, are unfinished or
                                   missing, and for each headline metric `<metric>_mean`, `<metric>_ci95` and
@@ -172,96 +170,6 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ plots
-
-
-def frontier_x(points: list[RunRecord]) -> str:
-    """The frontier's x: gen/kl_to_ref when any point measured a KL, else gen/logratio_to_ref (never both on one
-    axis: a sweep that mixes them draws the KL points and lists the others as excluded)."""
-    if any(finite(p.value(LOGRATIO_KEY)) for p in points) and not any(finite(p.value(KL_KEY)) for p in points):
-        return LOGRATIO_KEY
-    return KL_KEY
-
-
-def plot_frontier(
-    plt, plots_dir: Path, points: list[RunRecord], swept: list[str], pareto: set[str] | None = None
-) -> dict[str, Any] | None:
-    """Score / win rate against KL to the reference: every point (± 1 standard error over prompts when seeds are not
-    swept), plus per-configuration means with 95% intervals over seeds when they are.
-    `pareto`: the point folders a multi-objective search found Pareto-optimal (ringed, listed in the manifest).
-    None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
-    if not any(k.startswith("gen/") for p in points for k in p.metrics):
-        return None
-    x_key = frontier_x(points)
-    entry: dict[str, Any] = {"file": FRONTIER_PNG, "kind": "frontier", "x": x_key, "x_label": X_LABELS[x_key]}
-    entry["panels"] = []
-    have = [p for p in points if finite(p.value(x_key)) and any(finite(p.value(k)) for k, _ in FRONTIER_PANELS)]
-    other = ({KL_KEY, LOGRATIO_KEY} - {x_key}).pop()
-    excluded = [p.name for p in points if p not in have and finite(p.value(other))]
-    if excluded:
-        entry["excluded"] = {"points": excluded, "reason": f"they have {other}, not {x_key}"}
-    if not have:
-        entry["skipped"] = f"no point has {x_key} and a generation score (is a scorer configured? see gen/score_note)"
-        return entry
-    with_seeds = seeds_swept(swept)
-    groups = group_by_config(have, swept) if with_seeds else {}
-    label_keys = swept or []
-    fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(6 * len(FRONTIER_PANELS), 4.5), squeeze=False)
-    for ax, (key, title) in zip(axes[0], FRONTIER_PANELS, strict=True):
-        panel: dict[str, Any] = {"y": key, "points": [], "configs": []}
-        xy = [(p.value(x_key), p.value(key), p) for p in have if finite(p.value(key))]
-        if with_seeds:
-            ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], alpha=0.45, label="sweep points")
-        else:
-            # One seed: the only spread there is is over the prompts (standard error of each mean).
-            se = [(p.value(f"{x_key}_se"), p.value(f"{key}_se")) for _, _, p in xy]
-            ax.errorbar(
-                [x for x, _, _ in xy],
-                [y for _, y, _ in xy],
-                xerr=[xe if finite(xe) else 0.0 for xe, _ in se],
-                yerr=[ye if finite(ye) else 0.0 for _, ye in se],
-                fmt="o",
-                capsize=3,
-                label="sweep points (± 1 standard error over prompts)",
-            )
-        front = [(x, y) for x, y, p in xy if pareto and p.name in pareto]
-        if front:
-            ax.scatter(
-                [x for x, _ in front],
-                [y for _, y in front],
-                s=160,
-                facecolors="none",
-                edgecolors="red",
-                linewidths=1.5,
-                label="Pareto-optimal (search)",
-            )
-            panel["pareto"] = sorted(p.name for _, _, p in xy if p.name in pareto)
-        for x, y, p in xy:
-            point: dict[str, Any] = {"point": p.name, "x": x, "y": y}
-            if not with_seeds:
-                ax.annotate(
-                    point_label(p, label_keys), (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
-                )
-                point.update(x_se=p.value(f"{x_key}_se"), y_se=p.value(f"{key}_se"))
-            panel["points"].append(point)
-        for label, group in groups.items():
-            mx, cx = mean_ci95([p.value(x_key) for p in group if finite(p.value(key))])
-            my, cy = mean_ci95([p.value(key) for p in group if finite(p.value(key))])
-            if mx is None or my is None:
-                continue
-            ax.errorbar(mx, my, xerr=cx or 0, yerr=cy or 0, fmt="s", capsize=3, label=f"{label} (mean, 95%)")
-            panel["configs"].append({"config": label, "x": mx, "y": my, "x_ci95": cx, "y_ci95": cy, "n": len(group)})
-        ax.set_xlabel(X_LABELS[x_key], fontsize="small")
-        ax.set_ylabel(key)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="x-small")
-        entry["panels"].append(panel)
-    moved = "how far the policy moved" if x_key == KL_KEY else "the log-ratio to the reference (not a KL)"
-    fig.suptitle(f"reward-KL frontier: what the answers gained against {moved}")
-    fig.tight_layout()
-    fig.savefig(plots_dir / FRONTIER_PNG, dpi=100)
-    plt.close(fig)
-    return entry
 
 
 def plot_means_vs_param(plt, plots_dir: Path, points: list[RunRecord], swept: list[str], metric: str) -> list[dict]:

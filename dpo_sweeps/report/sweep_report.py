@@ -9,12 +9,14 @@ Every immediate subfolder of the sweep folder that holds a `status.json` is one 
     summary.csv             one row per point: its overrides as columns, status, final eval metrics, runtime, folder, error
     summary.md              the same for people: swept parameters as columns, the fixed ones listed above the table
     plots/metric_vs_<p>.png reward accuracy and margin (and the objective) against each swept parameter (beta first),
-                            one line per value of the other swept parameters
-    plots/curves.png        train/eval loss and reward margin over steps, one series per point
-    plots/reward_kl_frontier.png, summary_by_config.csv (when seeds are swept): see seeds.py
+                            one line per value of the other swept parameters (dots coloured by one when too many)
+    plots/curves.png        train/eval loss and reward margin over steps: every point named up to 10, else the best
+                            5 named and the others as a band (curves.py)
+    plots/heatmap_<a>_<b>.png  the objective over two swept parameters (heatmap.py)
+    plots/reward_kl_frontier.png (frontier.py), summary_by_config.csv (when seeds are swept): see seeds.py
     plots/plots.json        what each figure shows (file, x parameter, panels, series labels and point counts)
 
-The parts: `points` (reading and ranking), `tables`, `plots`, `seeds`. Rows are sorted by the target metric, best first; points without it (failed, running, NaN, unreadable metrics) come
+The parts: `points` (reading and ranking), `tables`, `plots` (with `curves`, `frontier`, `heatmap`), `seeds`. Rows are sorted by the target metric, best first; points without it (failed, running, NaN, unreadable metrics) come
 after with their status and the reason, never silently dropped. Imports stay light (this runs at the end of a multirun
 on a login node): matplotlib is imported inside the plotting function, nothing from the torch stack at all.
 """
@@ -79,7 +81,7 @@ def write_sweep_report(
     plot_paths: list[Path] = []
     manifest_path = None
     if plots:
-        plot_paths, _ = write_plots(sweep_dir / PLOTS_DIR, points, metric)
+        plot_paths, _ = write_plots(sweep_dir / PLOTS_DIR, points, metric, mode)
         manifest_path = sweep_dir / PLOTS_DIR / PLOTS_MANIFEST
 
     csv_path = sweep_dir / SUMMARY_CSV

@@ -104,8 +104,13 @@ def markdown_report(sweep_dir: Path, points: list[RunRecord], metric: str, mode:
     return "\n".join(lines) + "\n"
 
 
-def text_table(points: list[RunRecord], metric: str) -> str:
-    """point, status, eval reward accuracy, margin (and the target metric when it is another one)."""
+# Rows of the terminal table at most: the best ones and then those that need a look; summary.csv has every point.
+TERMINAL_ROWS = 40
+
+
+def text_table(points: list[RunRecord], metric: str, limit: int | None = TERMINAL_ROWS) -> str:
+    """point, status, eval reward accuracy, margin (and the target metric when it is another one). Past `limit` rows:
+    the best half of it, then the failed/cancelled points, then how many are not listed."""
     cols = ["eval_rewards/accuracies", "eval_rewards/margins"]
     headers = ["point", "status", "reward acc", "margin"]
     if metric not in cols:
@@ -117,11 +122,20 @@ def text_table(points: list[RunRecord], metric: str) -> str:
             cols.append(key)
             headers.append(METRIC_COLUMNS[key])
     swept, _ = swept_params(points)
+    shown = points
+    if limit is not None and len(points) > limit:
+        broken = [p for p in points if p.state in (run_folder.FAILED, run_folder.CANCELLED)]
+        shown = points[: limit - min(len(broken), limit // 2)]
+        shown_ids = {id(p) for p in shown}
+        shown += [p for p in broken if id(p) not in shown_ids][: limit - len(shown)]
     rows = [
         [point_label(p, swept), p.state + (f" ({one_line(p.error, 60)})" if p.error else "")]
         + [fmt(p.value(c)) for c in cols]
-        for p in points
+        for p in shown
     ]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     fmt_row = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([fmt_row(headers), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows])
+    lines = [fmt_row(headers), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
+    if len(shown) < len(points):
+        lines.append(f"... {len(points) - len(shown)} more point(s) not listed: every point is in summary.csv")
+    return "\n".join(lines)

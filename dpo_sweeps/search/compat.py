@@ -1,7 +1,7 @@
 """The Optuna we run on: version range checked at import, with the internal API the job side relies on.
 
 A job re-attaches to the trial its driver asked for with `optuna.trial.Trial(study, trial_id)`: a constructor Optuna
-uses internally (ask() calls it) but does not document. It has kept this signature through Optuna 3-5; we pin the
+uses internally (ask() calls it) but does not document; the id comes from a FrozenTrial's private `_trial_id`. It has kept this signature through Optuna 3-5; we pin the
 range we test and refuse to run on another with a message that names both versions, rather than fail inside a job
 hours later.
 """
@@ -14,7 +14,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 # The range tested (pyproject's `optuna>=5,<6`).
 TESTED = (5, 6)
@@ -35,6 +35,13 @@ def _check() -> None:
         raise OptunaVersionError(
             f"dpo_sweeps' search is tested with optuna>={TESTED[0]},<{TESTED[1]}; optuna {version} is installed. "
             f"Install a tested one: pip install 'optuna>={TESTED[0]},<{TESTED[1]}'."
+        )
+    # study.py reads a FrozenTrial's private `_trial_id` (the id Trial(study, trial_id) takes): set in its __init__.
+    if "_trial_id" not in getattr(getattr(FrozenTrial.__init__, "__code__", None), "co_names", ()):
+        raise OptunaVersionError(
+            f"optuna {version}: FrozenTrial no longer sets `_trial_id` (read by dpo_sweeps/search/study.py to attach a "
+            f"job to its trial). dpo_sweeps' search is tested with optuna>={TESTED[0]},<{TESTED[1]} (5.0.0, 5.1.0): "
+            "install that."
         )
     params = list(inspect.signature(Trial.__init__).parameters)
     if params[:3] != ["self", "study", "trial_id"]:

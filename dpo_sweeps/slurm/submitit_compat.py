@@ -10,7 +10,8 @@ What the launcher uses that submitit does not document as public (all in `launch
 6. `DelayedSubmission.set_timeout(timeout_min, max_num_timeout)` and `.dump(filepath)`, and the sbatch parameter
    `map_count` ("used internally") that makes `_submit_command` submit an array;
 plus `AutoExecutor._executor` (the SlurmExecutor with the stock launcher's parameter mapping) and
-`SlurmJob(folder, job_id, tasks)`.
+`SlurmJob(folder, job_id, tasks)`. In the job (train/cluster.py, any submitit launcher): `JobEnvironment._usr_sig()`
+and the handler `SignalHandler.checkpoint_and_try_requeue(signum, frame)` that our preemption guard calls itself.
 The pickling trick: the launcher and Hydra's state are pickled once and their bytes reused in every task's pickle
 (`__reduce_ex__` returning `(pickle.loads, (bytes,))`). That needs `DelayedSubmission.dump` to write with cloudpickle
 (which honours `__reduce_ex__`) and the job to read with plain `pickle.load` (`utils.pickle_load`).
@@ -47,7 +48,7 @@ def _calls(func: Callable, name: str) -> bool:
 def problems() -> list[str]:
     """What the installed submitit lacks of what the launcher uses (see the module doc); [] when all is there."""
     from submitit.auto import auto
-    from submitit.core import utils
+    from submitit.core import job_environment, utils
     from submitit.slurm import slurm
 
     found: list[str] = []
@@ -99,6 +100,16 @@ def problems() -> list[str]:
         "SlurmJob(folder, job_id, tasks)",
     )
     need(lambda: _calls(auto.AutoExecutor.__init__, "_executor"), "AutoExecutor._executor")
+    # The job side (train/cluster.py's PreemptionGuard): the USR signal, and submitit's handler that it calls itself.
+    env, handler = job_environment.JobEnvironment, job_environment.SignalHandler
+    need(lambda: isinstance(env._usr_sig(), int), "JobEnvironment._usr_sig() (the preemption signal)")
+    need(
+        lambda: (
+            _params(handler.checkpoint_and_try_requeue)[:3] == ["self", "signum", "frame"]
+            and _calls(env._handle_signals, "checkpoint_and_try_requeue")
+        ),
+        "SignalHandler.checkpoint_and_try_requeue(self, signum, frame), installed by JobEnvironment._handle_signals",
+    )
     need(
         lambda: _calls(delayed.dump, "cloudpickle_dump") and _calls(delayed.load, "pickle_load"),
         "DelayedSubmission.dump writing with cloudpickle and .load reading with pickle (the pickled-once trick)",

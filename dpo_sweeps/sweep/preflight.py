@@ -32,7 +32,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpo_sweeps.config.validation import ConfigError, find_problems
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm.handoff import CheckedSweep
+from dpo_sweeps.sweep import hydra_compat
 from dpo_sweeps.sweep.inputs import InputCheck
+
+# The Hydra internals used here and by the launchers, checked once at import (hydra_compat.py).
+hydra_compat.check()
 
 log = logging.getLogger(__name__)
 

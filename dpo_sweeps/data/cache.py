@@ -83,7 +83,11 @@ def source_identity(cfg: DictConfig, raw_rows: Callable[[str], list]) -> dict[st
             return {"path": str(path), "files": {path.name: file_sha256(path)}}
         return {"missing": str(path), "formats": FORMATS}  # preparing it raises the clear error
     if d.hub_id:
-        from dpo_sweeps.data.sources import open_hub
+        from dpo_sweeps.data.sources import hub_snapshot, open_hub
+
+        snapshot = hub_snapshot(d.hub_id)  # offline, fetched: the snapshot's commit names the files
+        if snapshot is not None:
+            return {"hub_id": d.hub_id, "snapshot": snapshot.name}
 
         return {"hub_id": d.hub_id, "fingerprints": {s: open_hub(d.name, d.hub_id, s)._fingerprint for s in splits}}
     digests = {}

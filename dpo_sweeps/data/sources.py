@@ -284,8 +284,24 @@ def open_hub(name: str, hub_id: str, split: str):
     return ds
 
 
+def hub_snapshot(hub_id: str) -> Path | None:
+    """With the hub off (a job whose inputs `python -m dpo_sweeps.fetch` put in the cache): the dataset's files in the
+    Hugging Face cache, read by the local readers above, as `dataset.path=<that folder>` would. None otherwise."""
+    if not _offline():
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, repo_type="dataset", local_files_only=True))
+    except Exception:  # not in the cache: open_hub says so in its own words
+        return None
+
+
 def load_hub(name: str, hub_id: str, split: str) -> Rows:
     """Rows of `hub_id`'s `split`, each with its origin."""
+    snapshot = hub_snapshot(hub_id)
+    if snapshot is not None:
+        return load_local(snapshot, split)
     ds = open_hub(name, hub_id, split)
     source = f"{hub_id}[{split}]"
     return [(row, RowOrigin(source, i)) for i, row in enumerate(ds.to_list())]

@@ -12,12 +12,14 @@ Import-light: our config rules and the data readers (pyarrow only for a parquet 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.config.validation import ConfigError, find_problems
 from dpo_sweeps.data.sources import DataFileError, first_rows, split_files
+from dpo_sweeps.fetch.check import HubCheck, go_offline
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +83,25 @@ def check_run(config: DictConfig) -> None:
     if problems:
         # Hydra turns a callback's exception into a warning and runs the job anyway; SystemExit passes through.
         raise SystemExit(f"Error: {_problem_message(problems)}\nNothing was run.")
+    hub = HubCheck()
+    hub.add(config)
+    check_hub(hub, config)
+
+
+def check_hub(hub: HubCheck, config: DictConfig) -> None:
+    """Refuse a sweep (or run) whose models/datasets are neither cached nor reachable, naming each and the fetch
+    command; when all are cached, its jobs run with the hub off. A dry run reports, and changes nothing."""
+    tic = time.perf_counter()
+    hub.resolve()
+    refusal = hub.refusal([str(o) for o in config.hydra.overrides.task])
+    if refusal:
+        raise SystemExit(refusal)
+    if hub.state:
+        log.info(
+            "Hub check (%.1f s): %s",
+            time.perf_counter() - tic,
+            "; ".join(f"{item}: {state}" for item, state in sorted(hub.state.items())),
+        )
+    if hub.all_cached and not config.get("dry_run"):
+        go_offline()
+        log.info("Every model and dataset is in the local cache: the jobs run with HF_HUB_OFFLINE=1 (no hub requests).")

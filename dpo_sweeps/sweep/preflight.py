@@ -30,10 +30,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpo_sweeps.config.validation import ConfigError, find_problems
+from dpo_sweeps.fetch.check import HubCheck
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm.handoff import CheckedSweep
 from dpo_sweeps.sweep import hydra_compat
-from dpo_sweeps.sweep.inputs import InputCheck
+from dpo_sweeps.sweep.inputs import InputCheck, check_hub
 
 # The Hydra internals used here and by the launchers, checked once at import (hydra_compat.py).
 hydra_compat.check()
@@ -273,11 +274,18 @@ def preflight(config: DictConfig) -> CheckedSweep:
     launcher = {k: v for k, v in config.hydra.launcher.items() if k != "submitit_folder"}
     # Each point's peak GPU memory against the GPUs the launcher asks for (one estimate per distinct config).
     memory = SweepMemory(OmegaConf.to_container(OmegaConf.create(launcher), resolve=True))
+    hub = HubCheck()  # the models and datasets the points need from the hub: cached, reachable, or refused
+
+    def each_point(number: int, overrides: list[str], cfg: DictConfig) -> None:
+        memory.add(number, overrides, cfg)
+        hub.add(cfg)
+
     try:
-        checked = check_sweep(config, on_point=memory.add)
+        checked = check_sweep(config, on_point=each_point)
     except SweepValidationError as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
+    check_hub(hub, config)
     points = checked.points
     # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
     misfits = cluster_problems(launcher)

@@ -7,6 +7,7 @@ it. Each trial's job attaches to its trial and reports its objective at every ev
 
     compat      the optuna import, its tested version range and the internal API we rely on (checked at import)
     space       Hydra's sweep syntax (choice, range, interval, tag(log, ...)) -> Optuna distributions, trial -> overrides
+    options     what each sampler and pruner type takes, and the `pruner=median` shorthand (no Optuna import)
     settings    the sweeper's settings, pruner and sampler built from them, every check done before a trial runs
     study       the journal-backed study: open/create, a trial's outcome read from its run folder,
                 optimization_results.yaml, trials.csv, pareto_front.csv (their names: `files`)
@@ -16,6 +17,6 @@ it. Each trial's job attaches to its trial and reports its objective at every ev
 
 May import `runs`, `config` (folder names, the reference rule) and `eval.scorers` (whether answers get a score).
 `sweep`, `train` and `tracking` import `trial` (every run imports it: it is light until a trial is attached);
-`sweep` and `report` read the names in `files` (no Optuna there); Hydra's plugin imports `driver`. Nothing heavy at
+`sweep` and `report` read the names in `files` and `options` (no Optuna there); Hydra's plugin imports `driver`. Nothing heavy at
 module level (no torch, transformers or TRL): the driver runs on a login node; optuna is imported by a search only.
 """

@@ -169,6 +169,12 @@ class OptunaSearch:
             )
 
     def _entry(self, trial: Trial, overrides: list[str]) -> Entry:
+        if naming.custom_subdir(self.config):
+            # hydra.sweep.subdir=p_${hydra.job.num}, ${hydra.job.override_dirname}, ...: named as the trial's job will
+            # name it (its job number is its trial number, see _run_batch).
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            point_dir = naming.point_run_dir(self.config, cfg, trial.number)
+            return Entry(trial, overrides, Path(point_dir).absolute(), point_dir)
         name = naming.sweep_subdirname(overrides)
         return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name))
 
@@ -217,10 +223,14 @@ class OptunaSearch:
         launched = list(to_launch.values())
         self._write_points(batch)
         if launched:
-            overrides = [e.launch_overrides for e in launched]
             numbers = [e.number for e in launched]
             consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-            self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
+            if consecutive or not naming.custom_subdir(self.config):
+                overrides = [e.launch_overrides for e in launched]
+                self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
+            else:  # a subdir that reads hydra.job.num: each trial's job number must be its trial number
+                for entry in launched:
+                    self.launcher.launch([entry.launch_overrides], initial_job_idx=entry.number)
             self.job_idx = max(self.job_idx, numbers[-1]) + 1
         failures = 0
         for entry in launched + followers:

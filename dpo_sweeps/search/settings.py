@@ -19,19 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.search.compat import optuna
+from dpo_sweeps.search.options import PRUNER_KEYS, SAMPLER_KEYS, section
 
-# pruner.type -> the keys of hydra.sweeper.pruner it takes (Optuna's argument names; null = Optuna's default).
-PRUNER_KEYS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
-}
-SAMPLER_KEYS: dict[str, tuple[str, ...]] = {
-    "tpe": ("seed", "n_startup_trials", "multivariate"),
-    "random": ("seed",),
-    "nsga2": ("seed", "population_size"),
-}
 SWEEPER_KEYS = ("study_name", "storage", "n_trials", "n_jobs", "max_failure_rate", "sampler", "pruner", "params")
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
@@ -131,8 +120,8 @@ def from_sweeper(sweeper: dict[str, Any], cfg: DictConfig) -> Settings:
         n_trials=get("n_trials"),
         n_jobs=get("n_jobs"),
         max_failure_rate=get("max_failure_rate", 1.0),
-        sampler=dict(get("sampler") or {}),
-        pruner=dict(get("pruner") or {"type": "none"}),
+        sampler=section(get("sampler")),
+        pruner=section(get("pruner")) or {"type": "none"},
         params=dict(get("params") or {}),
         objectives=objectives(cfg),
     )
@@ -147,6 +136,7 @@ def _given(section: dict[str, Any]) -> dict[str, Any]:
 
 def pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
     """The Optuna pruner of `hydra.sweeper.pruner` (checked settings: see `problems`)."""
+    spec = section(spec)
     kind = str(spec.get("type") or "none")
     args = _given(spec)
     if kind == "none":
@@ -161,6 +151,7 @@ def pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
 
 
 def sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    spec = section(spec)
     kind = str(spec.get("type") or "tpe")
     args = {k: v for k, v in _given(spec).items() if k in SAMPLER_KEYS.get(kind, ())}
     if kind == "tpe":

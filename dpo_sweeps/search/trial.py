@@ -90,7 +90,10 @@ def from_environment(run_dir: Path, metric: str) -> TrialContext | None:
 
 
 def _pruner_spec() -> dict[str, Any]:
-    return _sweeper_setting("pruner") or {"type": "none"}
+    from dpo_sweeps.search.options import section
+
+    # `hydra.sweeper.pruner=median`, the shorthand, is read as the driver reads it.
+    return section(_sweeper_setting("pruner")) or {"type": "none"}
 
 
 def open_trial(ctx: TrialContext) -> None:

@@ -63,6 +63,22 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _checked_or_exit(config: DictConfig) -> CheckedSweep:
+    """The pre-launch check, or the end of the sweep with its reason. Hydra turns any Exception raised by a callback
+    into a UserWarning and launches anyway: a check that crashed would silently switch off validation, the skipping of
+    completed points and dry_run (a dry run would train every point; on SLURM, submit real jobs). Only SystemExit gets
+    through Hydra's callback wrapper, so every other exception becomes one."""
+    try:
+        return preflight(config)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        log.debug("The pre-launch check failed", exc_info=True)
+        raise SystemExit(
+            f"Error: the pre-launch check could not run ({type(exc).__name__}: {first}); nothing was run or "
+            "submitted. Fix the setting it names (hydra.verbose=dpo_sweeps.sweep.callbacks shows the traceback)."
+        ) from None
+
+
 class SweepSummary(Callback):
     """Before a multirun: validate every point (dry_run=true: print the grid, stop). After it: print
     completed/pruned/failed/requeued points with their folders, write the sweep report, and exit non-zero if any point
@@ -86,7 +102,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
-        self.handoff = preflight(config)
+        self.handoff = _checked_or_exit(config)
         # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
         # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
         # its own (sweep/job.py).

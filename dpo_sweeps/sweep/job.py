@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps import console
+from dpo_sweeps.config import naming
 from dpo_sweeps.config.validation import validate
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import trial as trial_job
@@ -77,6 +78,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.job.chdir:  # the job runs inside its run folder: relative paths keep meaning where it was started
+        naming.anchor_paths(cfg, hydra_cfg.runtime.cwd)
     # Several SLURM tasks = torch.distributed ranks; only rank 0 writes the run folder.
     dist = cluster.setup_distributed()
     update_status = run_folder.update_status if cluster.is_main_process() else (lambda *a, **k: {})

@@ -29,9 +29,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dpo_sweeps.config import naming
 from dpo_sweeps.config.validation import ConfigError, find_problems
 from dpo_sweeps.fetch.check import HubCheck
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import options
 from dpo_sweeps.slurm.handoff import CheckedSweep
 from dpo_sweeps.sweep import hydra_compat
 from dpo_sweeps.sweep.inputs import InputCheck, check_hub
@@ -106,11 +108,14 @@ def resources(config: DictConfig) -> dict[str, Any]:
 def _search_lines(config: DictConfig) -> list[str]:
     """What a search sweeper will do: its trials are proposed as it runs, so there is no grid to list."""
     sweeper = config.hydra.sweeper
+    pruner = options.section(sweeper.get("pruner"))
     lines = [
         f"Search: {sweeper.get('n_trials', '?')} trial(s), {sweeper.get('n_jobs', 1)} at a time, pruner "
-        f"{(sweeper.get('pruner') or {}).get('type', 'none')}; trials are proposed as the search runs (none listed)"
+        f"{options.in_force(pruner, 'none', options.PRUNER_KEYS, nulls=False)}; trials are proposed as the search runs (none listed)"
     ]
     lines += [f"  {key}: {value}" for key, value in (sweeper.get("params") or {}).items()]
+    # What proposes the trials: Optuna 5 changed TPE's defaults, so the settings in force are shown, not assumed.
+    lines.append(f"Sampler: {options.in_force(sweeper.get('sampler'), 'tpe', options.SAMPLER_KEYS)}")
     return lines
 
 
@@ -178,6 +183,8 @@ class _PointComposer:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         with open_dict(cfg):
             cfg.hydra.overrides.task = list(overrides)
+            # Hydra names it from all of the point's overrides; the shared composition knows only its structure's.
+            cfg.hydra.job.override_dirname = naming.override_dirname(cfg, [o for o, _ in parsed])
         return cfg
 
 
@@ -217,9 +224,7 @@ def check_sweep(
             bad.append((overrides, problems))
         elif on_point:
             on_point(number, overrides, cfg)
-        # The sweep folder as this (sweep-level) config resolves it: a point's own config is not a job yet (no
-        # hydra.job.num), and would name the sweep folder after its own overrides.
-        run_dir = str(Path(str(config.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+        run_dir = naming.point_run_dir(config, cfg, number)
         state = (run_folder.read_status(run_dir) or {}).get("state")
         points.append(
             {"overrides": overrides, "run_dir": run_dir, "state": state, "skip": state == "completed" and not cfg.rerun}
@@ -282,7 +287,7 @@ def preflight(config: DictConfig) -> CheckedSweep:
 
     try:
         checked = check_sweep(config, on_point=each_point)
-    except SweepValidationError as err:
+    except (SweepValidationError, naming.SubdirError) as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
     check_hub(hub, config)

@@ -8,6 +8,8 @@ Every immediate subfolder of the sweep folder that holds a `status.json` is one 
 
     summary.csv             one row per point: its overrides as columns, status, final eval metrics, runtime, folder, error
     summary.md              the same for people: swept parameters as columns, the fixed ones listed above the table
+    summary.html            one self-contained interactive page: table, parallel coordinates, frontier, curves,
+                            each point's answers (page.py)
     plots/metric_vs_<p>.png reward accuracy and margin (and the objective) against each swept parameter (beta first),
                             one line per value of the other swept parameters (dots coloured by one when too many)
     plots/curves.png        train/eval loss and reward margin over steps: every point named up to 10, else the best
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_sweeps.report import seeds
+from dpo_sweeps.report.page import write_page
 from dpo_sweeps.report.plots import write_plots
 from dpo_sweeps.report.points import (
     PLOTS_DIR,
@@ -56,6 +59,7 @@ class ReportPaths:
     markdown: Path
     plots: list[Path]
     manifest: Path | None  # plots/plots.json, None when no plot was drawn (no data, or plots=False)
+    page: Path  # summary.html
     metric: str
     mode: str
     table: str  # the short plain-text table printed on the terminal
@@ -93,12 +97,14 @@ def write_sweep_report(
         swept, _ = swept_params(points)
         markdown += seeds.markdown_section(seeds.aggregate(points, swept, metric), metric)
     run_folder.write_text_atomic(md_path, markdown)
+    page = write_page(sweep_dir, points, metric, mode)
     return ReportPaths(
         sweep_dir=sweep_dir,
         csv=csv_path,
         markdown=md_path,
         plots=plot_paths,
         manifest=manifest_path,
+        page=page,
         metric=metric,
         mode=mode,
         table=text_table(points, metric),
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     print(f"{report.n_points} points ({counts}), sorted by {report.metric} ({report.mode}).")
-    print(f"wrote {report.csv}, {report.markdown}" + (f" and {len(report.plots)} plots" if report.plots else ""))
+    plots = f", {len(report.plots)} plots" if report.plots else ""
+    print(f"wrote {report.csv}, {report.markdown}{plots} and {report.page} (open it in a browser)")
     return 0
 
 

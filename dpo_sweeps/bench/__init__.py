@@ -7,4 +7,5 @@ python -m dpo_sweeps.bench.submit   # submitting a sweep to the local SLURM clus
 python -m dpo_sweeps.bench.memory   # the GPU memory estimate against gpu.py's measurements; --presets (memory.py)
 python -m dpo_sweeps.bench.search   # the same 16-trial search with and without pruning (search.py, `make bench-search`)
 python -m dpo_sweeps.bench.local    # a local sweep one point at a time vs in parallel (local.py, `make bench-local`)
+python -m dpo_sweeps.bench.report   # status, report and summary.html at 100/1,000/10,000 points (report.py, `make bench-report`)
 """

@@ -10,10 +10,13 @@ silently testing DDP twice.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.train import cluster
@@ -26,6 +29,8 @@ from tests.helpers import (
     start_sweep,
 )
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+
+RULES_LOG = "DPO_SWEEPS_TEST_GPU_RULES_LOG"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -43,15 +48,32 @@ TWO_RANKS = [
 FSDP = ["training.fsdp.enabled=true"]
 
 
+def _env(tmp_path: Path, name: str) -> dict[str, str]:
+    """The forcing, and the file its GPU-rule checks write to (tests/force_fsdp/sitecustomize.py)."""
+    return {**FORCE_FSDP, RULES_LOG: str(tmp_path / f"{name}_gpu_rules.jsonl")}
+
+
 def _sweep(tmp_path: Path, name: str, overrides: list[str], fsdp: bool) -> Path:
     sweep = tmp_path / name
     run_cli(
         ["-m", *TWO_RANKS, *overrides, *(FSDP if fsdp else []), f"hydra.sweep.dir={sweep}"],
-        env=FORCE_FSDP,
+        env=_env(tmp_path, name),
         timeout=600,
     )
     (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
     return run_dir
+
+
+def _assert_generation_on_the_prepared_model(tmp_path: Path, name: str, run_dir: Path, metrics: dict) -> None:
+    """Every `generate` of the run, on both ranks, got the FSDP2 module accelerate prepared, every parameter a sharded
+    DTensor (what NCCL on a device demands; see sitecustomize.py), once per batch before training and once after."""
+    calls = [json.loads(line) for line in (tmp_path / f"{name}_gpu_rules.jsonl").read_text().splitlines()]
+    batch_size = OmegaConf.load(run_dir / run_folder.CONFIG_FILE).eval.batch_size
+    batches = math.ceil(metrics["gen/prompts"] / batch_size)
+    for rank in (0, 1):
+        mine = [c for c in calls if c["call"] == "generate" and c["rank"] == rank]
+        assert len(mine) == 2 * batches, (rank, calls)
+        assert all(c["fsdp"] and c["params"] == c["sharded"] > 0 for c in mine), mine
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -119,6 +141,7 @@ def test_fsdp2_full_dpo_with_the_reference_cache_matches_ddp_and_saves_a_loadabl
     for key in ("gen/score_before", "gen/mean_tokens_before", "gen/finished_before"):
         assert got[key] == ref[key], key
     assert got["gen/prompts"] == ref["gen/prompts"] > 0 and "gen/mean_tokens" in got
+    _assert_generation_on_the_prepared_model(tmp_path, "fsdp", fsdp, got)
     samples = (fsdp / "samples.jsonl").read_text().splitlines()
     assert len(samples) == len((ddp / "samples.jsonl").read_text().splitlines()) > 0, "written once, by rank 0"
 
@@ -138,7 +161,7 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     ddp = _sweep(tmp_path, "ddp", common, fsdp=False)
 
     sweep = tmp_path / "fsdp"
-    proc = start_sweep(["-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"], env=FORCE_FSDP)
+    proc = start_sweep(["-m", *TWO_RANKS, *common, *FSDP, f"hydra.sweep.dir={sweep}"], env=_env(tmp_path, "fsdp"))
     try:
         # Between two save points (save_steps=20): the checkpoint can only come from the signal.
         run_dir = preempt_at_step(proc, sweep, slurm_cluster, 5)
@@ -158,3 +181,5 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     assert metrics["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-5)
     # The KL to the (sharded) reference was measured, close to DDP's.
     assert metrics["gen/kl_to_ref"] == pytest.approx(ref["gen/kl_to_ref"], abs=1e-3)
+    # The answers before training were kept across the requeue (gen_before.json), not generated again.
+    _assert_generation_on_the_prepared_model(tmp_path, "fsdp", run_dir, metrics)

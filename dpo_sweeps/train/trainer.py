@@ -88,6 +88,22 @@ class InitialEvalAtStart(TrainerCallback):
             run_folder.write_json_atomic(self.run_dir / "initial_metrics.json", self.metrics)
 
 
+class GenerationBeforeTraining(TrainerCallback):
+    """The generation eval before training, run at the start of `train()` once accelerate has prepared the model: under
+    FSDP the Trainer neither moves the model to the device nor shards it before `train()`, so an earlier `generate`
+    would run the whole model on CPU on every rank, and its synced all-reduce of a CPU tensor is refused by NCCL. HF
+    calls `on_train_begin` after preparing (and, on a resume, after loading the checkpoint); a resumed run reads the
+    answers from gen_before.json, which the first attempt wrote before its first step, so no checkpoint predates it."""
+
+    def __init__(self, trainer, gen_eval, reference):
+        self.trainer, self.gen_eval, self.reference = trainer, gen_eval, reference
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # trainer.model is the prepared one (FSDP: sharded in place); TRL prepared its reference at construction.
+        ref = getattr(self.trainer, "ref_model", None)
+        self.gen_eval.run_before(self.trainer.model, ref if ref is not None else self.reference)
+
+
 def dpo_config(cfg: DictConfig, run_dir: Path, dtype: torch.dtype, **overrides: Any):
     """TRL's DPOConfig from our config groups: the single place where our keys map onto TRL's."""
     from trl import DPOConfig
@@ -274,8 +290,9 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.args.eval_on_start = True
     from dpo_sweeps.eval import GenerationEval, n_prompts
 
-    # Rank 0 answers the held-out prompts before training (kept in gen_before.json across requeues) and after. A
-    # sharded model answers only with every rank taking part: then all ranks run it and rank 0 alone writes.
+    # Rank 0 answers the held-out prompts before training (at its start, on the prepared model; kept in gen_before.json
+    # across requeues) and after. A sharded model answers only with every rank taking part: then all ranks run it
+    # and rank 0 alone writes.
     sharded = trainer.is_fsdp_enabled and trainer.accelerator.num_processes > 1
     main = trainer.is_world_process_zero()
     gen_eval = (
@@ -284,7 +301,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else None
     )
     if gen_eval:
-        gen_eval.run_before(trainer.model, models.reference)
+        trainer.add_callback(GenerationBeforeTraining(trainer, gen_eval, models.reference))
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     cluster.after_train()  # stopped for a preemption: requeue now (does not return)
     if initial_eval is not None:
@@ -302,7 +319,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics.update(data.cache_metrics())  # "data_cache": hit | computed | off
     metrics.update(ref_info.metrics())
     if gen_eval:
-        gen_metrics = gen_eval.run_after(trainer.model, models.reference)
+        ref = getattr(trainer, "ref_model", None)
+        gen_metrics = gen_eval.run_after(trainer.model, ref if ref is not None else models.reference)
         metrics.update(gen_metrics)
         if main:
             run_folder.append_history(run_dir, {"step": trainer.state.global_step, "time": time.time(), **gen_metrics})

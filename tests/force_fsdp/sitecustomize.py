@@ -5,6 +5,11 @@ FORCE_FSDP sets both; the environment reaches SLURM jobs through sbatch). It nev
 itself: it waits for `transformers.trainer` to be imported, then wraps `Trainer.create_accelerator_and_postprocess` so
 that a run whose TrainingArguments configure FSDP (`fsdp_plugin_args`) trains sharded. The product's code is untouched:
 it passes `training.fsdp.*` to TRL exactly as on GPUs (config/fsdp.py). A run without FSDP settings (the DDP baseline) is left alone.
+
+Forcing alone would test less than a GPU demands (gloo with CPU tensors accepts what NCCL refuses), so a forced run
+also checks the GPU's rules: every `generate` (the generation eval, before and after training, on every rank) gets the
+model accelerate prepared, with sharded parameters; a violation raises in the job, and each check is logged to the
+file named by DPO_SWEEPS_TEST_GPU_RULES_LOG for the test to read.
 """
 
 from __future__ import annotations
@@ -15,7 +20,48 @@ import sys
 FLAG = "DPO_SWEEPS_TEST_FORCE_FSDP"
 
 
+# Set by _force(): this process trains sharded, so the GPU's rules below apply to it.
+_FORCED = False
+# tests/helpers.GPU_RULES_LOG names a file: one JSON line per check, from every rank, for the test to read.
+RULES_LOG = "DPO_SWEEPS_TEST_GPU_RULES_LOG"
+
+
+def _record(**entry) -> None:
+    import json
+
+    path = os.environ.get(RULES_LOG)
+    if path:
+        with open(path, "a") as f:  # one short line per write: appends of the ranks do not interleave
+            f.write(json.dumps({"rank": int(os.environ.get("RANK", "0")), "pid": os.getpid(), **entry}) + "\n")
+
+
+def _check_generate(model) -> None:
+    """What NCCL and a real device demand of `generate` in a sharded run, which gloo with CPU tensors lets through:
+    the model is the one accelerate prepared (an FSDP2 module, on the device) and its parameters are sharded DTensors.
+    An unprepared model is whole and on CPU on every rank: its synced all-reduce of a CPU tensor fails on NCCL."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    # A unit whose reshard_after_forward is off (accelerate's tail: final norm + LM head) keeps its parameters gathered
+    # after a forward until the next backward: reshard first (FSDP2's public call, a no-op on sharded units), so the
+    # count says whether FSDP manages every parameter.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    params = list(model.parameters())
+    sharded = sum(isinstance(p, DTensor) for p in params)
+    fsdp = isinstance(model, FSDPModule)
+    _record(call="generate", model=type(model).__name__, fsdp=fsdp, params=len(params), sharded=sharded)
+    if not fsdp or sharded != len(params):
+        raise AssertionError(
+            f"generate() on {type(model).__name__} ({sharded} of {len(params)} parameters sharded) in a sharded run: "
+            "not the model accelerate prepared; on GPUs it is whole and on CPU, and NCCL refuses its collectives."
+        )
+
+
 def _force(trainer) -> None:
+    global _FORCED
+    _FORCED = True
     from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -37,6 +83,17 @@ def _patch(trainer_module) -> None:
             _force(self)
 
     trainer_cls.create_accelerator_and_postprocess = create_accelerator_and_postprocess
+
+    from transformers.generation.utils import GenerationMixin
+
+    generate = GenerationMixin.generate
+
+    def checked_generate(self, *args, **kwargs):
+        if _FORCED:
+            _check_generate(self)
+        return generate(self, *args, **kwargs)
+
+    GenerationMixin.generate = checked_generate
 
 
 if os.environ.get(FLAG) == "1":

@@ -304,3 +304,13 @@ def test_a_local_folder_s_config_json_wins_over_the_arch_block(tmp_path):
     assert arch_for(hub) == (LLAMA3_1_8B, "model.arch")
     unknown = OmegaConf.create({"model": {"name_or_path": "org/model", "arch": None}})
     assert arch_for(unknown) == (None, "model.name_or_path=org/model is no local folder and model.arch is not set")
+
+
+def test_fsdp2_counts_the_root_modules_gathered_embeddings_and_head():
+    # FSDP2 keeps its root/tail units (input embeddings, LM head) gathered from forward to backward: two V x H matrices
+    # when untied, one when tied, in the compute dtype, on top of the fp32 master shards.
+    run = RunSettings(micro_batch=1, seq_len=512, world_size=8, fsdp=True, reference_copy=False)
+    for tied in (False, True):
+        arch = replace(LLAMA3_1_8B, tie_word_embeddings=tied)
+        gathered = estimate(arch, run).weights - arch.params * 4 / 8 - 2 * arch.layer_params * 2
+        assert gathered == arch.head_params * 2 * (1 if tied else 2), (tied, gathered / arch.head_params)

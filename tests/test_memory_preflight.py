@@ -6,6 +6,7 @@ that it ran), so the whole submission path runs up to sbatch without a GPU clust
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,8 @@ from dpo_sweeps.bench import memory as bench_memory
 from dpo_sweeps.cli import CONF_DIR
 from tests.helpers import run_cli
 
-ONE_GPU = ["hydra.launcher.gpus_per_node=1", "hydra.launcher.tasks_per_node=1"]
+# One GPU, unsharded: FSDP on one rank is refused by validation before the memory check (config/fsdp.py).
+ONE_GPU = ["hydra.launcher.gpus_per_node=1", "hydra.launcher.tasks_per_node=1", "training.fsdp.enabled=false"]
 # `sinfo --noheader --exact --format '%P|%c|%m|%G|%l|%D'` on a site with 8 x H100 80GB nodes.
 SINFO = "gpu*|128|2000000|gpu:h100:8(S:0-1)|2-00:00:00|4"
 SCONTROL = "MaxArraySize = 1001\nMaxJobCount = 10000\nAccountingStorageType = accounting_storage/none"
@@ -55,7 +57,7 @@ def test_dry_run_prints_the_estimate_and_the_whole_node_request_without_a_cluste
     out = proc.stdout
     assert "tasks_per_node=8, gpus_per_node=8" in out, out
     assert "GPU memory, estimated per GPU for 8 rank(s) (nodes=1 x tasks_per_node=8)" in out, out
-    assert re.search(r"point #0 \(model\.arch, FSDP\): 26\.\d GiB per GPU = weights", out), out
+    assert re.search(r"point #0 \(model\.arch, FSDP\): 27\.\d GiB per GPU = weights", out), out
     # No cluster, no gpu_mem_gb: it says that it could not compare, and does not guess.
     assert "GPU memory unknown" in out and "not checked" in out
     assert "dry_run=true: nothing was run or submitted." in out and not (tmp_path / "s").exists()
@@ -88,8 +90,9 @@ def test_one_gpu_is_refused_before_sbatch_with_the_fix(tmp_path):
     # The estimate, its parts, and the fix as overrides to type.
     for text in ("83.1 GiB per GPU", "weights 15.0", "optimizer 29.9", "gradients 15.0", "1 GPU of 80 GiB"):
         assert text in out, (text, out)
-    # The preset already enables FSDP: what is missing is GPUs to shard over.
-    assert "shard over 4 GPUs (hydra.launcher.gpus_per_node=4 hydra.launcher.tasks_per_node=4): 46.8 GiB" in out, out
+    # Unsharded on one GPU: the fix is FSDP over the fewest GPUs that fit (the root module counted gathered).
+    fix = "shard with FSDP over 4 GPUs (training.fsdp.enabled=true hydra.launcher.gpus_per_node=4 "
+    assert fix + "hydra.launcher.tasks_per_node=4): 47.8 GiB" in out, out
     assert "Traceback" not in out and not marker.exists()
 
 
@@ -147,7 +150,7 @@ def test_the_calibrations_sequence_length_is_the_benchmarks(tiny_model_paths, tm
 
 
 def test_a_points_settings_as_the_job_will_run_them():
-    from dpo_sweeps.slurm.memory_check import run_settings
+    from dpo_sweeps.slurm.memory_check import arch_for, run_settings
     from tests.helpers import compose_config
 
     run, _ = run_settings(compose_config(["experiment=qwen_dpo"]), world_size=1)
@@ -157,7 +160,8 @@ def test_a_points_settings_as_the_job_will_run_them():
     assert run.gradient_checkpointing and run.optimizer == "adamw_torch" and not run.fsdp
     copy, _ = run_settings(compose_config(["experiment=qwen_dpo", "ref_cache.enabled=false"]), world_size=1)
     assert copy.reference_copy
-    qlora, _ = run_settings(compose_config(["experiment=finance_qlora"]), world_size=1)
+    finance = compose_config(["experiment=finance_qlora"])
+    qlora, _ = run_settings(finance, world_size=1, arch=arch_for(finance)[0])
     assert qlora.quant_bits == 4 and qlora.lora_rank == 16
     gemma, _ = run_settings(compose_config(["experiment=gemma_fashion"]), world_size=1)
     assert gemma.eager_attention
@@ -201,3 +205,19 @@ def test_gpu_mem_gb_is_for_the_check_only_and_never_reaches_sbatch(tmp_path):
     params.pop("_target_")
     executor = SlurmLauncher(**params)._executor()  # submitit refuses a parameter it does not know
     assert executor.parameters["gpus_per_node"] == 1 and not any("gpu_mem" in k for k in executor.parameters)
+
+
+@pytest.mark.parametrize(("quantization_config", "bits"), [({"load_in_8bit": True}, 8), ({"load_in_4bit": True}, 4)])
+def test_a_prequantized_models_bit_width_comes_from_its_config(tmp_path, quantization_config, bits):
+    from dpo_sweeps.slurm.memory_check import arch_for, run_settings
+    from tests.helpers import compose_config
+
+    shape = {k: v for k, v in compose_config(["model=llama3_1_8b"]).model.arch.items() if v is not None}
+    (tmp_path / "config.json").write_text(json.dumps({**shape, "quantization_config": quantization_config}))
+    cfg = compose_config([f"model.name_or_path={tmp_path}", "model.prequantized=true", "lora=r16"])
+    run, why = run_settings(cfg, world_size=1, arch=arch_for(cfg)[0])
+    assert run is not None and run.quant_bits == bits, why
+    # Neither config.json nor model.arch says: no estimate rather than a guess of 4 bits.
+    unknown = compose_config(["model=llama3_1_8b", "model.prequantized=true", "lora=r16"])
+    run, why = run_settings(unknown, world_size=1, arch=arch_for(unknown)[0])
+    assert run is None and "bit width is unknown" in why and "model.arch.quant_bits" in why

@@ -82,7 +82,7 @@ def preset_rows() -> list[dict]:
             launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
             row = {"name": path.stem, "ranks": ranks(launcher) if "tasks_per_node" in launcher else 1}
             arch, _ = arch_for(cfg)
-            run, _ = run_settings(cfg, row["ranks"]) if arch else (None, "")
+            run, _ = run_settings(cfg, row["ranks"], arch) if arch else (None, "")
             if cfg.training.use_cpu or run is None:
                 out.append({**row, "gib": None, "fits": "CPU" if cfg.training.use_cpu else "not estimated"})
                 continue

@@ -30,6 +30,8 @@ class ArchConfig:
     head_dim: int | None = None
     tie_word_embeddings: bool = False
     attention_bias: bool = False
+    # A pre-quantized checkpoint's bits per linear weight (config.json's quantization_config: load_in_4bit -> 4).
+    quant_bits: int | None = None
 
 
 @dataclass

@@ -6,7 +6,8 @@ What is counted (bytes per GPU; P = parameters, W = ranks an FSDP full shard spr
 - weights: the policy in its load dtype (bf16 on a GPU for `dtype: auto`). 4-bit NF4 / int8 layers at their packed
   size; what bitsandbytes leaves unquantized (embeddings, LM head, norms) is fp32, because PEFT's
   `prepare_model_for_kbit_training` upcasts it. Under FSDP: fp32 master shards (accelerate upcasts trainable low-
-  precision parameters when mixed precision is on) plus the all-gathered bf16 blocks in flight and the LM head.
+  precision parameters when mixed precision is on) plus the all-gathered bf16 blocks in flight and the root module
+  (the LM head and, untied, the input embeddings), which FSDP2 keeps gathered from forward to backward.
 - reference: a second frozen copy, only for full-parameter DPO without the reference cache. LoRA's reference is the
   adapter-disabled policy; with the cache the reference log-probs come from disk.
 - gradients and optimizer: without FSDP, HF's Trainer keeps no master copy: a model loaded in bf16 trains in bf16,
@@ -67,6 +68,9 @@ class Arch:
     attention_bias: bool = False
     # config.json's model_type (llama, qwen2, gemma, ...): the family's defaults for keys config.json leaves out.
     model_type: str = ""
+    # A pre-quantized checkpoint's bits per linear weight, from config.json's quantization_config (load_in_4bit: 4,
+    # load_in_8bit: 8, GPTQ/AWQ `bits`); None = not pre-quantized, or not said.
+    quant_bits: int | None = None
 
     @classmethod
     def from_mapping(cls, values: Any) -> Arch:
@@ -77,6 +81,10 @@ class Arch:
         values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
         # transformers' per-family defaults where config.json leaves a key out.
         values.setdefault("tie_word_embeddings", model_type.startswith("gemma") or not model_type)
+        quant = values.get("quantization_config") or {}
+        if values.get("quant_bits") is None and quant:
+            bits = 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else quant.get("bits")
+            values["quant_bits"] = int(bits) if bits else None
         names = [f for f in cls.__dataclass_fields__]
         missing = [n for n in names[:6] if values.get(n) is None]
         if missing:
@@ -309,7 +317,10 @@ def estimate(arch: Arch, run: RunSettings) -> Estimate:
     if shard:
         blocks = 2 * arch.layer_params  # the block being computed and the prefetched one, gathered
         gathered = blocks if run.fsdp_reshard_after_forward else arch.num_hidden_layers * arch.layer_params
-        weights = weights / ranks + gathered * a + arch.head_params * a  # + the LM head, kept gathered
+        # FSDP2's root and tail units (accelerate: embeddings, final norm and LM head) stay gathered between forward
+        # and backward: the LM head, and the input embeddings when they are a separate matrix.
+        root = arch.head_params * (1 if arch.tie_word_embeddings else 2)
+        weights = weights / ranks + gathered * a + root * a
         reference = reference / ranks + blocks * a if reference else 0.0
         gradients = gradients / ranks + blocks * 4  # + unsharded block gradients before the reduce-scatter
         states, step = states / ranks, step / ranks

@@ -209,7 +209,7 @@ def arch_for(cfg: DictConfig) -> tuple[Arch | None, str]:
     return None, f"model.name_or_path={m.name_or_path} is no local folder and model.arch is not set"
 
 
-def run_settings(cfg: DictConfig, world_size: int) -> tuple[RunSettings | None, str]:
+def run_settings(cfg: DictConfig, world_size: int, arch: Arch | None = None) -> tuple[RunSettings | None, str]:
     """What of a point's config decides its memory, on `world_size` ranks; (None, why) when something is unknown."""
     from dpo_sweeps.config import fsdp
 
@@ -222,7 +222,12 @@ def run_settings(cfg: DictConfig, world_size: int) -> tuple[RunSettings | None, 
     weights = DTYPE_NAMES.get(str(cfg.model.dtype), "bf16")  # auto: bf16 on a GPU that has it (A100 and later)
     precision = weights if t.precision == "auto" else str(t.precision)
     q = cfg.quantization
-    quant_bits = 4 if q.mode == "nf4" or cfg.model.prequantized else 8 if q.mode == "int8" else None
+    quant_bits = 4 if q.mode == "nf4" else 8 if q.mode == "int8" else None
+    if cfg.model.prequantized:
+        # The checkpoint's own bit width (its config.json's quantization_config, or model.arch.quant_bits).
+        quant_bits = arch.quant_bits if arch else None
+        if not quant_bits:
+            return None, "a pre-quantized model whose bit width is unknown (set model.arch.quant_bits: 4 or 8)"
     return RunSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=int(seq_len),
@@ -332,7 +337,7 @@ class SweepMemory:
         if cfg.training.use_cpu or ("gpus_per_node" in self.launcher and not resources.requested_gpus(self.launcher)):
             return "CPU job: no GPU memory to check"
         arch, source = arch_for(cfg)
-        run, why = run_settings(cfg, self.world) if arch else (None, source)
+        run, why = run_settings(cfg, self.world, arch) if arch else (None, source)
         if arch is None or run is None:
             return f"memory not estimated: {why}"
         return arch, run, source

@@ -243,15 +243,22 @@ class ParallelLocalLauncher(LocalLauncher):
         try:
             return job.results()[0]
         except Exception as exc:
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            error = (
-                f"the point's process (local job {job.job_id}) ended without a result: {last}. Killed outright or out "
-                f"of memory? Its log: the sweep's .submitit/{job.job_id}/ folder."
-            )
-            if run_dir and (run_folder.read_status(run_dir) or {}).get("state") not in (
-                run_folder.COMPLETED,
-                run_folder.FAILED,
-            ):
-                run_folder.update_status(run_dir, state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)
-            log.error("Point %s: %s", run_dir or " ".join(overrides), error)
-            return _failed_return(overrides, error)
+            return _died(job, exc, overrides, run_dir)
+
+
+def _died(job: Any, exc: Exception, overrides: list[str], run_dir: str | None) -> JobReturn:
+    """A point whose process ended without its result (killed, out of memory, `os._exit` in a library or a callback
+    after our task function returned): failed, as stock submitit_local fails the sweep (exit 1), even when the run had
+    recorded `completed` (what happened after that point is unknown; its files are kept)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    error = (
+        f"the point's process (local job {job.job_id}) ended without a result ({first}). Killed outright, out of "
+        f"memory, or a crash outside the training code? Its log: the sweep's .submitit/{job.job_id}/ folder."
+    )
+    state = (run_folder.read_status(run_dir) or {}).get("state") if run_dir else None
+    if run_dir and state != run_folder.FAILED:  # a failure the job recorded itself says more: kept
+        if state == run_folder.COMPLETED:
+            error += " Its run had recorded completed before the process died; run the sweep again to train it again."
+        run_folder.update_status(run_dir, state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)
+    log.error("Point %s: %s", run_dir or " ".join(overrides), error)
+    return _failed_return(overrides, error)

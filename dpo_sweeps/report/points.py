@@ -72,12 +72,12 @@ class EmptySweepError(ValueError):
     """The sweep folder has no point folders (subfolders with a status.json)."""
 
 
-def find_points(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every point folder of the sweep (all invocations), in name order."""
+def find_points(sweep_dir: str | Path, history: bool = True) -> list[RunRecord]:
+    """Every point folder of the sweep (all invocations), in name order (`history=False`: without metrics.jsonl)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise EmptySweepError(f"{sweep_dir}: no such sweep folder")
-    return [read_run(d) for d in all_point_dirs(sweep_dir)]
+    return [read_run(d, history=history) for d in all_point_dirs(sweep_dir)]
 
 
 def swept_params(points: list[RunRecord]) -> tuple[list[str], dict[str, str]]:

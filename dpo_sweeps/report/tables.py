@@ -34,7 +34,8 @@ def csv_columns(points: list[RunRecord], metric: str) -> list[str]:
     )
 
 
-def write_csv(path: Path, points: list[RunRecord], metric: str) -> None:
+def csv_rows(points: list[RunRecord], metric: str) -> tuple[list[str], list[dict]]:
+    """(summary.csv's columns, one row per point with raw values: None where there is none, floats as floats)."""
     columns = csv_columns(points, metric)
     metric_cols = [c for c in columns if c in METRIC_COLUMNS or c == metric]
     rows = []
@@ -43,12 +44,12 @@ def write_csv(path: Path, points: list[RunRecord], metric: str) -> None:
         ranked = finite(p.value(metric))
         rank += ranked
         row = {
-            "rank": rank if ranked else "",
+            "rank": rank if ranked else None,
             "point": p.name,
-            **{k: p.overrides.get(k, "") for k in columns if k in p.overrides},
+            **{k: p.overrides.get(k) for k in columns if k in p.overrides},
             "status": p.state,
-            **{c: csv_value(p.value(c)) for c in metric_cols},
-            "wall_time_s": csv_value(p.wall_time_s),
+            **{c: p.value(c) for c in metric_cols},
+            "wall_time_s": p.wall_time_s,
             "started_at": p.status.get("started_at", ""),
             "ended_at": p.status.get("ended_at", ""),
             "run_dir": p.run_dir,
@@ -56,11 +57,16 @@ def write_csv(path: Path, points: list[RunRecord], metric: str) -> None:
             "notes": "; ".join(notes_for(p, metric)),
         }
         rows.append(row)
+    return columns, rows
+
+
+def write_csv(path: Path, points: list[RunRecord], metric: str) -> None:
+    columns, rows = csv_rows(points, metric)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_value(v) for k, v in row.items()} for row in rows)
     tmp.replace(path)
 
 

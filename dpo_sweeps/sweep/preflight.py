@@ -290,7 +290,6 @@ def preflight(config: DictConfig) -> CheckedSweep:
     except (SweepValidationError, naming.SubdirError) as err:
         # Hydra turns an exception from a callback into a warning and goes on to launch: exit instead (status 1).
         raise SystemExit(f"Error: {err}") from None
-    check_hub(hub, config)
     points = checked.points
     # What a SLURM profile asks for against what sinfo reports (one call; [] for other launchers).
     misfits = cluster_problems(launcher)
@@ -303,6 +302,7 @@ def preflight(config: DictConfig) -> CheckedSweep:
             from dpo_sweeps.slurm.checks import describe_split
 
             print(describe_split(config, points), flush=True)
+        check_hub(hub, config)  # says what the real run would refuse
         print("dry_run=true: nothing was run or submitted.", flush=True)
         raise SystemExit(0)
     if misfits:
@@ -318,6 +318,8 @@ def preflight(config: DictConfig) -> CheckedSweep:
         )
     for note in memory.lines() if is_slurm_launcher(launcher) else []:
         log.info("%s", note)
+    # Last: the sweep's shape is right; are its models and datasets here (or reachable)? All cached: hub off.
+    check_hub(hub, config)
     if checked.points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_folder.write_json_atomic(sweep_dir / POINTS_FILE, checked.points)

@@ -29,6 +29,7 @@ LAUNCHERS = {
     "local": [],
     "local_parallel": [],
     "submitit_local": ["hydra.launcher.timeout_min=5"],
+    "slurm_local": ["hydra.launcher.timeout_min=15"],
 }
 SLURM = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -123,7 +123,8 @@ class SweepSummary(Callback):
             return
         if self.watcher is not None:
             self.watcher.stop()
-        # Relative to where the command started, which is the current directory here (hydra.job.chdir=false).
+        # Relative to where the command started, which is the current directory here (with hydra.job.chdir=true too:
+        # Hydra changes back after each job it runs in this process).
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect(sweep_dir)
         print(format_summary(rows), flush=True)

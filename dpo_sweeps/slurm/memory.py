@@ -175,6 +175,9 @@ class RunSettings:
     fsdp: bool = False
     # FSDP2 frees each block's gathered parameters after its forward (full shard); False keeps them until backward.
     fsdp_reshard_after_forward: bool = True
+    # Host memory only (host_memory.py): ranks > 0 skip the fp32 upcast; checkpoints gathered whole on rank 0.
+    fsdp_cpu_ram_efficient_loading: bool = True
+    fsdp_full_state_dict: bool = True
     gradient_checkpointing: bool = True
     # Eager attention (Gemma) keeps heads x T x T attention probabilities; sdpa keeps none.
     eager_attention: bool = False

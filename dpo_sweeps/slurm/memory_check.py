@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.config.validation import reference_needed
 from dpo_sweeps.slurm import resources
+from dpo_sweeps.slurm.host_memory import host_lines_and_problems
 from dpo_sweeps.slurm.memory import DTYPE_NAMES, GIB, Arch, RunSettings, estimate
 
 # How each fix is spelled on the command line.
@@ -222,20 +223,16 @@ def run_settings(cfg: DictConfig, world_size: int, arch: Arch | None = None) -> 
     weights = DTYPE_NAMES.get(str(cfg.model.dtype), "bf16")  # auto: bf16 on a GPU that has it (A100 and later)
     precision = weights if t.precision == "auto" else str(t.precision)
     q = cfg.quantization
-    quant_bits = 4 if q.mode == "nf4" else 8 if q.mode == "int8" else None
-    if cfg.model.prequantized:
-        # The checkpoint's own bit width (its config.json's quantization_config, or model.arch.quant_bits).
-        quant_bits = arch.quant_bits if arch else None
-        if not quant_bits:
-            return None, "a pre-quantized model whose bit width is unknown (set model.arch.quant_bits: 4 or 8)"
+    # A pre-quantized checkpoint's own bit width: its config.json's quantization_config, or model.arch.quant_bits.
+    quant_bits = (arch.quant_bits if arch else None) if cfg.model.prequantized else {"nf4": 4, "int8": 8}.get(q.mode)
+    if cfg.model.prequantized and not quant_bits:
+        return None, "a pre-quantized model whose bit width is unknown (set model.arch.quant_bits: 4 or 8)"
     return RunSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=int(seq_len),
         eval_batch=t.per_device_eval_batch_size,
         lora_rank=cfg.lora.r if cfg.lora.enabled else None,
-        lora_targets=cfg.lora.target_modules
-        if isinstance(cfg.lora.target_modules, str)
-        else tuple(cfg.lora.target_modules),
+        lora_targets=(lambda t: t if isinstance(t, str) else tuple(t))(cfg.lora.target_modules),
         quant_bits=quant_bits,
         double_quant=bool(q.double_quant),
         weights_dtype=weights,
@@ -246,6 +243,8 @@ def run_settings(cfg: DictConfig, world_size: int, arch: Arch | None = None) -> 
         world_size=world_size,
         fsdp=bool(t.fsdp.enabled),
         fsdp_reshard_after_forward=bool(t.fsdp.reshard_after_forward),
+        fsdp_cpu_ram_efficient_loading=bool(t.fsdp.cpu_ram_efficient_loading),
+        fsdp_full_state_dict=t.fsdp.state_dict_type == "FULL_STATE_DICT",
         gradient_checkpointing=fsdp.activation_checkpointing(cfg),
         eager_attention=cfg.model.get("attn_implementation") == "eager",
     ), ""
@@ -375,7 +374,12 @@ class SweepMemory:
             if gib and problems:
                 lines.append(f"    would be REFUSED: {problems[0]}")
         lines += [f"  {_label(points)}: {why}" for why, points in self.skipped.items()]
-        return lines
+        return lines + self.host()[0]
+
+    def host(self) -> tuple[list[str], list[str]]:
+        """(dry_run lines, refusals) of a node's host memory against what the job asks for (host_memory.py)."""
+        lines, problems = host_lines_and_problems(list(self.groups.values()), self.launcher, _label)
+        return lines, [] if os.environ.get(SKIP_ENV, "1") == "0" else problems
 
     def problems(self) -> list[str]:
         """One problem per distinct config that cannot fit, naming its points and the fix; [] when all fit, the GPU

@@ -316,6 +316,14 @@ def preflight(config: DictConfig) -> CheckedSweep:
             f"{lines}\n(The estimate: dpo_sweeps/slurm/memory.py, calibrated in docs/distributed.md. If you know "
             "better: DPO_SWEEPS_MEMORY_CHECK=0, or hydra.launcher.gpu_mem_gb=<GiB per GPU>.)"
         )
+    no_room = memory.host()[1] if is_slurm_launcher(launcher) else []
+    if no_room:
+        lines = "\n".join(f"  - {p}" for p in no_room)
+        raise SystemExit(
+            f"Error: {len(no_room)} configuration(s) of this sweep cannot fit in the host memory of a node; nothing was "
+            f"submitted:\n{lines}\n(The estimate: dpo_sweeps/slurm/host_memory.py. If you know better: "
+            "DPO_SWEEPS_MEMORY_CHECK=0.)"
+        )
     for note in memory.lines() if is_slurm_launcher(launcher) else []:
         log.info("%s", note)
     # Last: the sweep's shape is right; are its models and datasets here (or reachable)? All cached: hub off.

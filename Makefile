@@ -60,6 +60,9 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Benchmarks: reference cache, framework vs bare TRL, start-up (~5 min on 2 cores; not part of test)
 	$(PY) -m dpo_sweeps.bench
 
+gpu-check: install ## On one NVIDIA GPU: SmolLM2-135M full DPO with FSDP2 on NCCL (torchrun, 1 rank), peak memory vs the estimate, s/step vs bare TRL (<8 min on an H100); without a GPU it says so and exits 0
+	$(PY) -m dpo_sweeps.bench.gpu_check
+
 bench-data: install ## Data preparation vs bare TRL, same work, medians of 3 (BENCH_ROWS=30000,100000: est. ~1.5 h on 2 cores)
 	$(PY) -m dpo_sweeps.bench.data --rows $(BENCH_ROWS) --repeats 3
 

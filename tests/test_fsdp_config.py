@@ -179,3 +179,10 @@ def test_fsdp_in_a_single_local_run_exits_with_the_fix(tmp_path):
     assert proc.returncode == 1, out
     assert f"{ONE_RANK} (a single run is one process)" in out, out
     assert "-m hydra/launcher=slurm hydra.launcher.tasks_per_node=" in out and "Traceback" not in out, out
+
+
+def test_fsdp_under_torchrun_is_a_process_group_even_with_one_rank(monkeypatch):
+    # torchrun --nproc-per-node=1 (make gpu-check): transformers accepts FSDP in its process group.
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "gpu-check")
+    assert not [p for p in find_problems(compose_config(FULL_FSDP)) if ONE_RANK in p]

@@ -7,6 +7,7 @@ Pure (no torch): the pre-launch check reads the same choice.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig
@@ -61,8 +62,6 @@ def ranks(cfg: DictConfig) -> tuple[int, str, str]:
     """How many torch.distributed ranks train one point, what decides it, and how to get several: from the launcher
     when `cfg` carries Hydra's node (before launch), else from this process's WORLD_SIZE (inside the job, where
     cluster.setup_distributed has already exported it; under torchrun it is torchrun's)."""
-    import os
-
     from hydra.core.hydra_config import HydraConfig
 
     hydra = cfg.get("hydra") if "hydra" in cfg else None
@@ -105,7 +104,8 @@ def check(cfg: DictConfig, problems: list[str]) -> None:
             f"training.fsdp.state_dict_type={fsdp.state_dict_type}: must be one of {', '.join(FSDP_STATE_DICT_TYPES)}."
         )
     world, why, fix = ranks(cfg)
-    if world < 2:
+    # torchrun starts a process group even for one process, and transformers accepts FSDP in it (make gpu-check).
+    if world < 2 and not os.environ.get("TORCHELASTIC_RUN_ID"):
         # Refused here, before any folder or job exists: transformers raises "Using fsdp only works in distributed
         # training" in a single process, i.e. after the job waited in the queue and loaded the model.
         problems.append(

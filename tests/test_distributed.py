@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -55,8 +56,10 @@ def test_master_address_is_the_first_hosts_nodeaddr_and_the_node_rank_is_slurm_n
     assert rdzv["NODE_RANK"] == rdzv["GROUP_RANK"] == "1", "the node's rank, not the task's"
     assert rdzv["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert rdzv["_nodes"] == [node]
-    # A port the user set is kept.
-    assert cluster.slurm_rendezvous({**env, "MASTER_PORT": "29555"})["MASTER_PORT"] == "29555"
+    # A MASTER_PORT the submitting shell exported reaches every job (sbatch --export=ALL): it is not the job's port.
+    assert cluster.slurm_rendezvous({**env, "MASTER_PORT": "29555"})["MASTER_PORT"] == str(
+        cluster.rendezvous_port(4242)
+    )
 
 
 def test_an_unknown_node_is_a_clear_error(slurm_cluster):  # noqa: F811
@@ -69,6 +72,101 @@ def test_rendezvous_ports_differ_between_jobs_and_stay_below_the_ephemeral_range
     assert len(set(ports)) == len(ports), "consecutive jobs on one node must not share a port"
     assert cluster.rendezvous_port("1234") == cluster.rendezvous_port(1234), "every rank computes the same port"
     assert all(1024 < p < 32768 for p in ports + [cluster.rendezvous_port(10**9 + 7)])
+
+
+def test_a_port_held_on_the_node_is_never_the_jobs_port():
+    derived = cluster.rendezvous_port(4242)
+    with socket.socket() as held:  # another job's store, or any server, already listening on the derived port
+        held.bind(("", derived))
+        held.listen()
+        port = cluster.free_port(derived)
+        assert port != derived and cluster.port_is_free(port), port
+        assert cluster.RDZV_PORT_BASE <= port < cluster.RDZV_PORT_BASE + cluster.RDZV_PORT_SPAN
+    assert cluster.free_port(derived) == derived, "a free derived port is kept"
+
+
+def test_ranks_of_a_submitit_local_task():
+    env = {"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}
+    rdzv = cluster.local_rendezvous({**env, "SUBMITIT_LOCAL_JOB_ID": "31337"})
+    assert (rdzv["RANK"], rdzv["WORLD_SIZE"], rdzv["LOCAL_RANK"], rdzv["LOCAL_WORLD_SIZE"]) == ("1", "2", "1", "2")
+    assert rdzv["MASTER_ADDR"] == "127.0.0.1" and rdzv["NODE_RANK"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("cores", "on_node", "threads"),
+    [
+        (8, "64", 8),  # SLURM bound each of the 8 tasks to its 8 CPUs: the affinity is the task's own share
+        (64, "64", 8),  # not bound (every task sees the node's 64): share them between the 8 ranks
+    ],
+)
+def test_cpu_threads_under_slurm_binding_are_the_tasks_own_cpus(monkeypatch, cores, on_node, threads):
+    monkeypatch.setattr(cluster, "available_cores", lambda: cores)
+    for key, value in {"SLURM_CPUS_ON_NODE": on_node, "SLURM_PROCID": "3", "LOCAL_WORLD_SIZE": "8"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(cluster.POINTS_AT_ONCE_ENV, raising=False)
+    assert cluster.cpu_threads(None) == threads
+
+
+@pytest.mark.slow
+def test_a_two_task_job_from_a_shell_exporting_torch_variables_still_gets_its_own_ranks_and_port(
+    slurm_cluster,  # noqa: F811
+    tmp_path,
+    tiny_model_paths,
+):
+    # A shell after a torchrun: every job inherits these through sbatch --export=ALL.
+    shell = {"MASTER_PORT": "12345", "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "10.9.9.9"}
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [
+            "-m",
+            "model=tiny_qwen",
+            *TINY,
+            "hydra/launcher=slurm_local",
+            "hydra.launcher.tasks_per_node=2",
+            "training.max_steps=2",
+            "training.eval_before_training=false",
+            "training.save_model=false",
+            "eval.gen_prompts=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env=shell,
+        timeout=420,
+    )
+    (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
+    status, metrics = read_json(run_dir / "status.json"), read_json(run_dir / "metrics.json")
+    assert status["state"] == "completed" and status["world_size"] == 2, status
+    assert metrics["parallelism/world_size"] == 2 and metrics["parallelism/type"] == "MULTI_CPU", metrics
+    addr, port = status["master"].rsplit(":", 1)
+    assert addr == cluster.node_address(status["nodes"][0]) and port != shell["MASTER_PORT"], status
+
+
+@pytest.mark.slow
+def test_a_two_task_submitit_local_job_trains_as_ranks_0_and_1(tmp_path, tiny_model_paths):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        [
+            "-m",
+            "model=tiny_qwen",
+            *TINY,
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            "training.max_steps=2",
+            "training.logging_steps=1",
+            "training.eval_before_training=false",
+            "training.save_model=false",
+            "eval.gen_prompts=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=420,
+    )
+    (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
+    status, metrics = read_json(run_dir / "status.json"), read_json(run_dir / "metrics.json")
+    # One training of two ranks, not two rank-0 copies writing one folder.
+    assert status["state"] == "completed" and status["world_size"] == 2 and status["attempts"] == 1, status
+    assert metrics["parallelism/world_size"] == 2 and metrics["parallelism/type"] == "MULTI_CPU", metrics
+    assert status["master"].startswith("127.0.0.1:"), status
+    losses = [r["loss"] for r in run_folder.read_history(run_dir) if "loss" in r]
+    assert len(losses) == 2, "each step logged once, by rank 0"
 
 
 # --- a rank that dies -------------------------------------------------------------------------------------------

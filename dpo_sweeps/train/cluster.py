@@ -1,10 +1,12 @@
-"""Cluster glue inside a job: torch.distributed ranks from SLURM, and preemption/time-limit handling.
+"""Cluster glue inside a job: torch.distributed ranks from SLURM (or submitit's local executor), and preemption.
 
 Ranks: a SLURM job with `tasks_per_node = GPUs` (and `nodes = N`) starts one task per GPU; `setup_distributed()`
 exports torch.distributed's env:// variables from SLURM's before the trainer is built, so HF Trainer/accelerate run
 DDP (or FSDP): RANK = SLURM_PROCID, node rank = SLURM_NODEID (not the task's global rank), MASTER_ADDR = the NodeAddr
 of the first host of `scontrol show hostnames $SLURM_JOB_NODELIST` (an unexpanded "n[1-2]" is no address), and
-MASTER_PORT derived from the job id (every rank computes it alone; two jobs on one node get different ports). Only
+MASTER_PORT derived from the job id, moved by rank 0 if something on its node holds it, and read by the other ranks
+from the job's folder (`agree_port`). submitit's local executor gives ranks from SUBMITIT_LOCAL_*. A shell's RANK,
+WORLD_SIZE, MASTER_PORT, ... (inherited through sbatch --export=ALL) are dropped in every job. Only
 rank 0 writes the run folder and talks to W&B (`is_main_process()`). A dead peer ends the job: collectives time out
 after `training.dist_timeout_min` (trainer.py), NCCL turns errors into exceptions, and the launcher runs srun with
 --kill-on-bad-exit, so a rank that dies takes its job down rather than leaving the others waiting.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +67,17 @@ def cpu_threads(configured: int | None) -> int:
         return int(configured)
     points = max(1, int(os.environ.get(POINTS_AT_ONCE_ENV) or 1))
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    return max(1, available_cores() // (points * ranks))
+    cores = available_cores()
+    if _bound_to_the_task(cores, ranks):
+        ranks = 1  # the affinity is already this task's share: dividing it again would starve every rank
+    return max(1, cores // (points * ranks))
+
+
+def _bound_to_the_task(cores: int, ranks: int) -> bool:
+    """Whether SLURM bound this task to its own CPUs (task/affinity or cgroup): then sched_getaffinity is the task's
+    share, and the node's tasks together hold no more than the job's CPUs on this node (SLURM_CPUS_ON_NODE)."""
+    on_node = os.environ.get("SLURM_CPUS_ON_NODE")
+    return bool(on_node) and "SLURM_PROCID" in os.environ and cores * ranks <= int(on_node)
 
 
 def in_submitit_job() -> bool:
@@ -117,7 +130,8 @@ def slurm_rendezvous(env: dict[str, str] | None = None) -> dict[str, Any]:
     nodes = job_hostnames(env["SLURM_JOB_NODELIST"])
     return {
         "MASTER_ADDR": node_address(nodes[0]),
-        "MASTER_PORT": str(env.get("MASTER_PORT") or rendezvous_port(env["SLURM_JOB_ID"])),
+        # Derived from the job id; setup_distributed lets rank 0 move it when something on the node holds it.
+        "MASTER_PORT": str(rendezvous_port(env["SLURM_JOB_ID"])),
         "RANK": env["SLURM_PROCID"],
         "WORLD_SIZE": str(world),
         "LOCAL_RANK": env["SLURM_LOCALID"],
@@ -131,13 +145,49 @@ def slurm_rendezvous(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def local_rendezvous(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """torch.distributed's env:// variables for a task of submitit's local executor (hydra/launcher=submitit_local
+    with tasks_per_node > 1): its SUBMITIT_LOCAL_* variables, one node, this machine."""
+    env = dict(os.environ if env is None else env)
+    world = env["SUBMITIT_LOCAL_NTASKS"]
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(rendezvous_port(env["SUBMITIT_LOCAL_JOB_ID"])),
+        "RANK": env["SUBMITIT_LOCAL_GLOBALID"],
+        "WORLD_SIZE": world,
+        "LOCAL_RANK": env["SUBMITIT_LOCAL_LOCALID"],
+        "LOCAL_WORLD_SIZE": world,
+        "GROUP_RANK": "0",
+        "NODE_RANK": "0",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": env.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        "_nodes": [socket.gethostname()],
+    }
+
+
+def _local_executor() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "local"
+
+
+def job_tasks() -> int:
+    """The tasks (= ranks) of this submitit job: SLURM's, or submitit's local executor's."""
+    return int(os.environ.get("SUBMITIT_LOCAL_NTASKS" if _local_executor() else "SLURM_NTASKS") or 1)
+
+
 def setup_distributed() -> dict[str, Any]:
-    """Export torch.distributed's env:// variables when this SLURM job has several tasks; return what status.json
-    records: rank, world size, and (several tasks) the nodes and the master address."""
-    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    """Export torch.distributed's env:// variables when this submitit job (SLURM or local) has several tasks; return
+    what status.json records: rank, world size, and (several tasks) the nodes and the master address. In a job, the
+    variables a submitting shell exported (sbatch --export=ALL) are dropped first: the job's own tasks decide."""
     info: dict[str, Any] = {}
-    if in_submitit_job() and ntasks > 1 and "RANK" not in os.environ:
-        rdzv = slurm_rendezvous()
+    if not in_submitit_job():
+        return {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    inherited = sorted(k for k in TORCH_DIST_VARS if k in os.environ)
+    for key in inherited:
+        del os.environ[key]
+    if inherited:
+        log.info("Ignored %s from the submitting shell: this job's tasks set the ranks.", ", ".join(inherited))
+    if job_tasks() > 1:
+        rdzv = local_rendezvous() if _local_executor() else slurm_rendezvous()
+        rdzv["MASTER_PORT"] = str(agree_port(int(rdzv["MASTER_PORT"]), int(rdzv["RANK"])))
         nodes = rdzv.pop("_nodes")
         from dpo_sweeps.console import RANKS_START_MARKER
 
@@ -149,7 +199,7 @@ def setup_distributed() -> dict[str, Any]:
         os.environ.update(rdzv)
         info = {"nodes": nodes, "master": f"{rdzv['MASTER_ADDR']}:{rdzv['MASTER_PORT']}"}
         log.info(
-            "torch.distributed from SLURM: rank %s/%s (node %s of %s: %s), master %s",
+            "torch.distributed from the job's tasks: rank %s/%s (node %s of %s: %s), master %s",
             rdzv["RANK"],
             rdzv["WORLD_SIZE"],
             rdzv["NODE_RANK"],
@@ -158,6 +208,69 @@ def setup_distributed() -> dict[str, Any]:
             info["master"],
         )
     return {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")), **info}
+
+
+# torch.distributed's variables a submitting shell may export (an earlier torchrun, a notebook): inherited by every
+# job through sbatch --export=ALL, they would give all jobs one port and skip (RANK) or falsify the job's own ranks.
+TORCH_DIST_VARS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+)
+PORT_FILE_WAIT_S = 300.0
+
+
+def port_is_free(port: int) -> bool:
+    import socket as _socket
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int, tries: int = 64) -> int:
+    """`preferred` (the job's derived port) if nothing on this node listens on it, else the next free one within the
+    span, else one the kernel picks: two jobs (or a job and any other server) on one node never share a port."""
+    for offset in range(tries):
+        port = RDZV_PORT_BASE + (preferred - RDZV_PORT_BASE + offset) % RDZV_PORT_SPAN
+        if port_is_free(port):
+            return port
+    import socket as _socket
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def agree_port(derived: int, task_rank: int) -> int:
+    """The rendezvous port, chosen on the master node by rank 0 (which runs there) and read by the other ranks from
+    the job's submitit folder (shared by all its tasks, like the run folder); keyed by job id and restart count so that
+    a requeued job never reads its previous attempt's port."""
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "job"
+    path = Path(os.environ["SUBMITIT_FOLDER"]) / f".rendezvous_port.{job}.{restart_count()}"
+    if task_rank == 0:
+        port = free_port(derived)
+        run_folder.write_text_atomic(path, str(port))
+        return port
+    import time
+
+    deadline = time.monotonic() + PORT_FILE_WAIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"Rank {task_rank}: rank 0 did not publish the rendezvous port in {path} within {PORT_FILE_WAIT_S:.0f} "
+                "s. Is the job folder (hydra.launcher.submitit_folder) on a filesystem every node of the job sees?"
+            )
+        time.sleep(0.2)
+    return int(path.read_text())
 
 
 def init_cpu_process_group(timeout_min: float) -> None:

@@ -43,7 +43,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import handoff, plan, site, submitit_compat, watch
+from dpo_sweeps.slurm import attach, handoff, liveness, plan, site, submitit_compat, watch
 
 KILL_ON_BAD_EXIT = "--kill-on-bad-exit=1"
 log = logging.getLogger(__name__)
@@ -163,18 +163,27 @@ class SweepSlurmLauncher(SlurmLauncher):
         known = {tuple(p["overrides"]): p for p in checked.points}
         entries = []  # (job number, overrides, preflight's point or None)
         returns: dict[int, JobReturn] = {}
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         for i, overrides in enumerate(job_overrides):
-            point = known.get(tuple(overrides))
-            if point is not None and point["skip"]:
+            point = attach.point_for(sweep_dir, list(overrides), known)
+            if point.get("skip"):
                 returns[i] = JobReturn(
                     overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=_objective(point["run_dir"])
                 )
             else:
                 entries.append((initial_job_idx + i, list(overrides), point))
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        # A folder a live job of an earlier or parallel invocation holds: wait for that job, never start a second.
+        entries, held = attach.split_live(entries, bool(self.config.get("rerun")))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        if held:
+            entries_all = [*entries, *(e for e, _ in held)]
+            for num, result in zip(
+                [e[0] for e in entries_all], self._launch_and_wait(entries, held, sweep_dir, checked), strict=True
+            ):
+                returns[num - initial_job_idx] = result
+            return [returns[i] for i in range(len(job_overrides))]
         if not entries:
             log.info("All %d point(s) already completed: nothing to submit.", len(job_overrides))
             return [returns[i] for i in range(len(job_overrides))]
@@ -205,13 +214,58 @@ class SweepSlurmLauncher(SlurmLauncher):
             timing["sbatch"],
             len(returns),
         )
-        _record_job_ids(sweep_dir, entries, jobs)
-        collected = watch.collect(
-            jobs, [e[2] for e in entries], [e[1] for e in entries], on_task_states=checked.on_task_states
-        )
+        collected = self._collect(entries, jobs, [], sweep_dir, checked)
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
         return [returns[i] for i in range(len(job_overrides))]
+
+    def _launch_and_wait(self, entries: list, held: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
+        """Submit `entries` (if any), wait for them and for the live jobs that hold the `held` points' folders; the
+        results in the order of `entries` then `held`."""
+        jobs: list = []
+        if entries:
+            limits = site.read_limits_or_exit(*site.submit_identity(self.params))
+            parallelism = int(self.params.get("array_parallelism") or 1)
+            plans = plan.split(len(entries), limits.max_tasks_per_array, parallelism)
+            log.info("%s", plan.describe(plans, limits, parallelism, skipped=0))
+            jobs, _ = self._submit(entries, plans)
+            log.info(
+                "Submitted %d point(s) (%s); waiting for %d held by live jobs.", len(entries), _ids(jobs), len(held)
+            )
+        return self._collect(entries, jobs, held, sweep_dir, checked)
+
+    def _collect(self, entries: list, jobs: list, held: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
+        """Claim the submitted points' folders, then wait for every task (ours, and the holders of `held` points);
+        results in the order of `entries` then `held`."""
+        held = list(held)
+        lost = attach.claim_submitted(entries, jobs)
+        order = [*entries, *(e for e, _ in held)]
+        watched = [(e, j) for i, (e, j) in enumerate(zip(entries, jobs, strict=True)) if i not in lost]
+        held += [(entries[i], h) for i, h in lost.items()]
+        folder = self._executor().folder
+        elsewhere = []  # held by a job that is not a SLURM task (a local process): wait until it lets go
+        for entry, holder in held:
+            job = attach.holder_job(folder, holder)
+            if job is None:
+                elsewhere.append(entry)
+            else:
+                watched.append((entry, job))
+        _record_job_ids(sweep_dir, [e for e, _ in watched], [j for _, j in watched])
+        collected = watch.collect(
+            [j for _, j in watched],
+            [e[2] for e, _ in watched],
+            [e[1] for e, _ in watched],
+            on_task_states=checked.on_task_states,
+        )
+        results = {id(e): r for (e, _), r in zip(watched, collected, strict=True)}
+        # A task of ours that found its folder taken (it started no training there): wait for the job that holds it.
+        late = [e for e, j in watched if liveness.other_live_holder(e[2]["run_dir"], j.job_id)]
+        liveness.wait_released([e[2]["run_dir"] for e in [*elsewhere, *late]])
+        for entry in [*elsewhere, *late]:
+            results[id(entry)] = JobReturn(
+                overrides=entry[1], status=JobStatus.COMPLETED, _return_value=_objective(entry[2]["run_dir"])
+            )
+        return [results[id(e)] for e in order]
 
     def _submit(self, entries: list, plans: list[plan.ArrayPlan]) -> tuple[list, dict[str, float]]:
         """One sbatch per planned array; on any error cancel what this call submitted and exit with one message."""

@@ -27,7 +27,8 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from dpo_sweeps import console
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import client
+from dpo_sweeps.runs.claim import describe
+from dpo_sweeps.slurm import client, liveness
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,10 @@ def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, deta
         f"SLURM task {job_id} {said}{f' ({why})' if why else ''} without a result: {how}. Its log: the sweep's "
         ".submitit/ folder. Rerun the sweep to run it again (completed points are skipped)."
     )
+    holder = liveness.other_live_holder(point["run_dir"], job_id) if point is not None else None
+    if holder is not None:  # this task never trained there: the folder is the live holder's to record
+        log.warning("SLURM task %s ended; %s holds its folder %s.", job_id, describe(holder), point["run_dir"])
+        return error
     if point is not None:
         status = run_folder.read_status(point["run_dir"]) or {}
         if status.get("state") == run_folder.FAILED and status.get("error"):
@@ -146,7 +151,11 @@ def _result(job: Any, point: dict | None, overrides: list[str]) -> JobReturn:
         return job.results()[0]
     except Exception as exc:
         error = f"SLURM task {job.job_id} raised: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
-        if point is not None and (run_folder.read_status(point["run_dir"]) or {}).get("state") != run_folder.FAILED:
+        if (
+            point is not None
+            and (run_folder.read_status(point["run_dir"]) or {}).get("state") != run_folder.FAILED
+            and liveness.other_live_holder(point["run_dir"], job.job_id) is None
+        ):
             run_folder.update_status(
                 point["run_dir"], state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error
             )

@@ -23,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_sweeps import console
 from dpo_sweeps.config import naming
 from dpo_sweeps.config.validation import validate
+from dpo_sweeps.runs import claim as claim_mod
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import trial as trial_job
+from dpo_sweeps.slurm import liveness
 from dpo_sweeps.tracking import wandb_run as tracking
 from dpo_sweeps.train import cluster
 
@@ -41,7 +43,8 @@ def _move_previous_attempt(run_dir: Path) -> Path:
     dest = run_dir / ".previous" / run_folder.now_iso().replace(":", "-")
     dest.mkdir(parents=True)
     for item in run_dir.iterdir():
-        if item.name not in (".hydra", ".previous") and not item.name.endswith(".log"):
+        keep = (".hydra", ".previous", claim_mod.CLAIM_FILE, claim_mod.LOCK_FILE)  # the claim is this attempt's
+        if item.name not in keep and not item.name.endswith(".log"):
             shutil.move(str(item), dest / item.name)
     return dest
 
@@ -72,6 +75,30 @@ def _end_the_job(exc: Exception) -> None:
     os._exit(1)  # not sys.exit: atexit handlers may wait on the collective that failed
 
 
+def _claim(run_dir: Path, multirun: bool, hydra_cfg) -> dict | None:
+    """Claim the run folder for this job (rank 0; see runs/claim.py): the holder, or None when another live job holds
+    it (said, and nothing written). Other ranks follow rank 0: a rank 0 that refuses ends a multi-task job."""
+    if not cluster.is_main_process():
+        return {}
+    try:
+        return liveness.claim_for_this_job(run_dir)
+    except claim_mod.FolderBusyError as busy:
+        log.error("%s", busy)
+        _announce(multirun, hydra_cfg, run_dir, "not started", f"(held by {claim_mod.describe(busy.holder)})")
+        if cluster.distributed():
+            logging.shutdown()
+            os._exit(1)  # srun (--kill-on-bad-exit) ends the other ranks, which wait for this one
+        if not multirun:
+            raise SystemExit(f"Error: {busy}") from None
+        return None
+
+
+def _release(run_dir: Path, holder: dict) -> None:
+    """The run recorded its end: the folder is free (a later attempt of the same SLURM task may hold it by now)."""
+    if holder:
+        claim_mod.release(run_dir, holder)
+
+
 def run_sweep_point(cfg: DictConfig) -> float:
     console.quiet_libraries()  # before anything imports transformers/datasets
     hydra_cfg = HydraConfig.get()
@@ -88,12 +115,16 @@ def run_sweep_point(cfg: DictConfig) -> float:
     trial_job.from_environment(run_dir, cfg.objective.metric)
 
     status = run_folder.read_status(run_dir) or {}
+    if status.get("state") == run_folder.COMPLETED and not cfg.rerun:
+        log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
+        _announce(multirun, hydra_cfg, run_dir, "skipped", "(already completed; rerun=true trains it again)")
+        metrics = run_folder.read_json(run_dir / run_folder.METRICS_FILE)
+        return _objective(metrics)
+    holder = _claim(run_dir, multirun, hydra_cfg)
+    if holder is None:  # another live job holds the folder: nothing of it was touched
+        return math.nan
+    status = run_folder.read_status(run_dir) or {}  # as the claim found it (a dead holder's last word)
     if status.get("state") == run_folder.COMPLETED:
-        if not cfg.rerun:
-            log.info("%s already completed (status.json); skipping. Pass rerun=true to train it again.", run_dir)
-            _announce(multirun, hydra_cfg, run_dir, "skipped", "(already completed; rerun=true trains it again)")
-            metrics = run_folder.read_json(run_dir / run_folder.METRICS_FILE)
-            return _objective(metrics)
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}
 
@@ -138,6 +169,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
     except trial_job.TrialPruned as pruned:  # the search's pruner stopped it: finished, not an error
         if cluster.is_main_process():
             trial_job.record_pruned(run_dir, pruned, update_status)
+        _release(run_dir, holder)
         step, value = pruned.metrics.get("pruned_at_step"), pruned.metrics.get("pruned_value")
         _announce(multirun, hydra_cfg, run_dir, "pruned", f"at step {step} ({cfg.objective.metric}={value:.4g})")
         return math.nan
@@ -149,8 +181,11 @@ def run_sweep_point(cfg: DictConfig) -> float:
             ended_at=run_folder.now_iso(),
             error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
+            # The user's config or data: the same settings fail the same way, so a search does not retry them.
+            user_error=isinstance(exc, console.user_error_types()),
         )
         _announce(multirun, hydra_cfg, run_dir, "failed", f"after {console.duration(time.time() - started)}: {exc}")
+        _release(run_dir, holder)
         if cluster.distributed():
             _end_the_job(exc)
         message = None if multirun else console.user_error_message(exc, run_dir)
@@ -161,6 +196,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
         log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
         return math.nan
     update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
+    _release(run_dir, holder)
     acc = metrics.get("eval_rewards/accuracies")
     result = f", eval reward acc {acc:.3f}" if isinstance(acc, int | float) else ""
     _announce(multirun, hydra_cfg, run_dir, "completed", f"in {console.duration(time.time() - started)}{result}")

@@ -41,7 +41,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import handoff
+from dpo_sweeps.slurm import attach, handoff, liveness
 from dpo_sweeps.train.cluster import POINTS_AT_ONCE_ENV, available_cores
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,13 @@ def _record_stopped(run_dir: str | None, why: str) -> None:
         )
 
 
+def _folder_return(overrides: list[str], run_dir: str) -> JobReturn:
+    """A point another invocation's job ran: its objective as its folder recorded it (NaN if none)."""
+    value = (run_folder.read_json(Path(run_dir) / run_folder.METRICS_FILE) or {}).get("objective_value")
+    value = float(value) if isinstance(value, int | float) else math.nan
+    return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value)
+
+
 def _failed_return(overrides: list[str], error: str) -> JobReturn:
     """NaN, not an exception, for a point without a result (Hydra's basic sweeper aborts the sweep on one, see
     sweep/job.py); its status.json says failed and why, which the search's driver reads (as slurm/watch.py does)."""
@@ -137,6 +144,29 @@ class SequentialLauncher(BasicLauncher):
 
     def __init__(self, max_parallel: int | None = None, mem_gb: float | None = None) -> None:
         super().__init__()
+        self.handoff: handoff.CheckedSweep | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.handoff = handoff.find(hydra_context.callbacks)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """As Hydra's, except that a point whose folder a live job of another invocation holds is waited for and
+        its result taken from its folder, not run a second time here (the job would refuse the folder)."""
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
+        points = [attach.point_for(sweep_dir, list(o), known) for o in job_overrides]
+        start, held = attach.split_live(list(enumerate(points)), bool(self.config.get("rerun")))
+        if not held:
+            return super().launch(job_overrides, initial_job_idx)
+        liveness.wait_released([point["run_dir"] for (_, point), _ in held])
+        results: dict[int, JobReturn] = {
+            i: _folder_return(list(job_overrides[i]), point["run_dir"]) for (i, point), _ in held
+        }
+        for i, _ in start:  # one at a time, each with its own job number
+            results[i] = super().launch([job_overrides[i]], initial_job_idx + i)[0]
+        return [results[i] for i in range(len(job_overrides))]
 
 
 class ParallelLocalLauncher(LocalLauncher):
@@ -189,10 +219,14 @@ class ParallelLocalLauncher(LocalLauncher):
             available_cores(),
             sweep_dir / ".submitit",
         )
-        run_dirs = {tuple(p["overrides"]): p["run_dir"] for p in (self.handoff.points if self.handoff else [])}
+        known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
+        points = [attach.point_for(sweep_dir, list(o), known) for o in job_overrides]
+        run_dirs = {tuple(o): p["run_dir"] for o, p in zip(job_overrides, points, strict=True)}
+        # A folder a live job of an earlier or parallel invocation holds: waited for below, never started twice.
+        start, held = attach.split_live(list(enumerate(points)), bool(self.config.get("rerun")))
         executor = self._executor()
         state = Singleton.get_state()
-        waiting = list(enumerate(job_overrides))
+        waiting = [(i, job_overrides[i]) for i, _ in start]
         running: dict[int, Any] = {}
         results: list[JobReturn | None] = [None] * n
         stop_signals = _stop_like_ctrl_c()
@@ -213,6 +247,11 @@ class ParallelLocalLauncher(LocalLauncher):
                     results[i] = self._result(running.pop(i), overrides, run_dirs.get(tuple(overrides)))
                 if not ended:
                     time.sleep(POLL_S)
+            # Ours that found their folder taken by a job started meanwhile (they did not start there) wait for it too.
+            late = [(i, p) for i, p in start if liveness.other_live_holder(p["run_dir"]) is not None]
+            liveness.wait_released([point["run_dir"] for (_, point), _ in held] + [p["run_dir"] for _, p in late])
+            for i, point in [*(e for e, _ in held), *late]:
+                results[i] = _folder_return(list(job_overrides[i]), point["run_dir"])
         except KeyboardInterrupt as stop:
             # Hydra would print a traceback: stop the points, record them, say how to go on.
             stopped = [list(job_overrides[i]) for i in running]
@@ -256,7 +295,8 @@ def _died(job: Any, exc: Exception, overrides: list[str], run_dir: str | None) -
         f"memory, or a crash outside the training code? Its log: the sweep's .submitit/{job.job_id}/ folder."
     )
     state = (run_folder.read_status(run_dir) or {}).get("state") if run_dir else None
-    if run_dir and state != run_folder.FAILED:  # a failure the job recorded itself says more: kept
+    # A failure the job recorded itself says more: kept. A folder another live job holds is that job's to record.
+    if run_dir and state != run_folder.FAILED and liveness.other_live_holder(run_dir) is None:
         if state == run_folder.COMPLETED:
             error += " Its run had recorded completed before the process died; run the sweep again to train it again."
         run_folder.update_status(run_dir, state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)

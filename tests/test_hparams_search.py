@@ -278,9 +278,11 @@ def _states(sweep_dir: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_search_killed_after_two_trials_continues_its_study(tmp_path):
-    """The driver is SIGKILLed while its third trial trains (two completed). The same command again: the study goes
-    on to exactly n_trials, the two completed trials are not retrained (their folders byte-identical), and the
-    interrupted trial is launched again as the same trial into the same folder."""
+    """The driver is SIGKILLed while its third trial trains in its process (two completed). The same command again:
+    the interrupted trial, whose job is gone, is failed with the reason (Optuna's journal would keep it RUNNING
+    forever), retried once with the same parameters (hydra.sweeper.retry_failed=1), resuming from its folder's
+    checkpoint; the study goes on to n_trials counted trials (the retried failure is replaced by its retry), and the
+    two completed trials are not retrained (their folders byte-identical)."""
     sweep_dir = tmp_path / "search"
     args = [
         "-m",
@@ -320,13 +322,17 @@ def test_search_killed_after_two_trials_continues_its_study(tmp_path):
     assert len(completed) == 2
 
     proc = run_cli(args, timeout=600)
-    assert "Trial 2 was interrupted" in proc.stderr + proc.stdout
+    said = proc.stderr + proc.stdout
+    assert "Trial 2 failed while no driver ran: its process (pid" in said, said[-3000:]
+    assert "Trial 3 retries failed trial 2 with the same parameters" in said, said[-3000:]
     trials = _open(sweep_dir).get_trials()
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2
+    assert "ended without recording an end" in trials[2].user_attrs[study.ATTR_ERROR]
     for name, digest in completed.items():
         assert _tree_digest(sweep_dir / name) == digest, f"{name} was touched by the second run"
     status = read_json(interrupted / "status.json")
-    assert status["state"] == "completed" and status["trial"]["number"] == 2 and status["attempts"] == 2
+    assert status["state"] == "completed" and status["trial"]["number"] == 3 and status["attempts"] == 2
     assert read_json(interrupted / "metrics.json")["resumed_from_step"] >= 10, "resumed from its checkpoint"
     assert len(run_dirs(sweep_dir)) == 4
 

@@ -26,6 +26,9 @@ from omegaconf import DictConfig
 
 from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.runs.claim import describe as describe_holder
+from dpo_sweeps.search import liveness as trial_liveness
+from dpo_sweeps.search import retry as retry_mod
 from dpo_sweeps.search import settings as settings_mod
 from dpo_sweeps.search import space as space_mod
 from dpo_sweeps.search import study as study_mod
@@ -127,6 +130,7 @@ class OptunaSearch:
             s.n_trials,
             s.n_jobs,
         )
+        log.info("Retries: %s.", retry_mod.describe(s.retry_failed))
         ignored = settings_mod.ignored_sampler_settings(s.sampler)
         if ignored:
             log.warning(
@@ -137,7 +141,8 @@ class OptunaSearch:
         pending = self._reconcile(stored)
         stopped = False
         while not stopped:
-            total = len(self.study.get_trials(deepcopy=False))
+            # n_trials counts parameter sets: a failed trial about to be retried is replaced by its retry (retry.py).
+            total = retry_mod.counted(self.study.get_trials(deepcopy=False), s.retry_failed)
             batch = pending[: s.n_jobs]
             pending = pending[s.n_jobs :]
             fresh = max(0, min(s.n_jobs - len(batch), s.n_trials - total))
@@ -179,7 +184,10 @@ class OptunaSearch:
         return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name))
 
     def _ask(self) -> Entry:
+        retried = retry_mod.enqueue_next(self.study, self.settings.retry_failed)  # failed trials first
         trial = self.study.ask(self.space.distributions)
+        if retried is not None:
+            log.info("Trial %d retries failed trial %d with the same parameters", trial.number, retried)
         entry = self._entry(trial, self.space.overrides(trial.params))
         trial.set_user_attr(study_mod.ATTR_OVERRIDES, entry.overrides)
         trial.set_user_attr(study_mod.ATTR_RUN_DIR, str(entry.run_dir))
@@ -203,8 +211,17 @@ class OptunaSearch:
             if result.state is not None and (result.state == TrialState.COMPLETE or mine):
                 study_mod.tell(self.study, trial, result)
                 log.info("Trial %d: %s while no driver ran (%s)", frozen.number, result.run_state, entry.run_dir.name)
+                continue
+            how, holder = trial_liveness.job_state(entry.run_dir, frozen.number)
+            if how == trial_liveness.LIVE:  # the launcher attaches to that job: never a second one in the folder
+                log.info("Trial %d: %s still runs it: waiting for it", frozen.number, describe_holder(holder))
+                pending.append(entry)
+            elif how == trial_liveness.GONE:
+                reason = trial_liveness.record_dead(entry.run_dir, holder)
+                study_mod.tell(self.study, trial, study_mod.Outcome(TrialState.FAIL, reason=reason))
+                log.info("Trial %d failed while no driver ran: %s", frozen.number, reason)
             else:
-                log.info("Trial %d was interrupted (%s): launching it again", frozen.number, result.reason)
+                log.info("Trial %d was never launched (%s): launching it", frozen.number, result.reason)
                 pending.append(entry)
         return pending
 

@@ -21,7 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_sweeps.search.compat import optuna
 from dpo_sweeps.search.options import PRUNER_KEYS, SAMPLER_KEYS, section
 
-SWEEPER_KEYS = ("study_name", "storage", "n_trials", "n_jobs", "max_failure_rate", "sampler", "pruner", "params")
+SWEEPER_KEYS = (
+    "study_name",
+    "storage",
+    "n_trials",
+    "n_jobs",
+    "max_failure_rate",
+    "retry_failed",
+    "sampler",
+    "pruner",
+    "params",
+)
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 # What a run writes into metrics.json (train/trainer.py), by where it comes from.
@@ -89,6 +99,8 @@ class Settings:
     pruner: dict[str, Any]
     params: dict[str, Any]
     objectives: list[Objective] = field(default_factory=list)
+    # Times a failed trial is run again with the same parameters (search/retry.py).
+    retry_failed: int = 1
 
     @property
     def directions(self) -> list[str]:
@@ -124,6 +136,7 @@ def from_sweeper(sweeper: dict[str, Any], cfg: DictConfig) -> Settings:
         pruner=section(get("pruner")) or {"type": "none"},
         params=dict(get("params") or {}),
         objectives=objectives(cfg),
+        retry_failed=get("retry_failed", 1),
     )
 
 
@@ -227,6 +240,11 @@ def problems(s: Settings, cfg: DictConfig) -> list[str]:
         out.append(f"hydra.sweeper.n_jobs={s.n_jobs!r}: trials launched at once, an integer >= 1.")
     if not isinstance(s.max_failure_rate, int | float) or not 0.0 <= float(s.max_failure_rate) <= 1.0:
         out.append(f"hydra.sweeper.max_failure_rate={s.max_failure_rate!r}: a share of a batch's trials, in [0, 1].")
+    if not isinstance(s.retry_failed, int) or isinstance(s.retry_failed, bool) or s.retry_failed < 0:
+        out.append(
+            f"hydra.sweeper.retry_failed={s.retry_failed!r}: times a failed trial is run again with the same "
+            "parameters, an integer >= 0 (0 = never)."
+        )
     if s.storage is not None and "://" in str(s.storage):
         out.append(
             f"hydra.sweeper.storage={s.storage!r}: the study is kept in a journal file (no database needed, safe on "

@@ -38,6 +38,8 @@ PRUNED = run_folder.PRUNED
 ATTR_OVERRIDES, ATTR_RUN_DIR = "overrides", "run_dir"
 # The reason a trial failed, as a user attribute (Optuna keeps no message for a FAIL).
 ATTR_ERROR = "error"
+# False on a trial that failed on the user's config or data: retrying the same settings cannot help.
+ATTR_RETRYABLE = "retryable"
 
 
 def journal_path(storage: str | None, sweep_dir: Path) -> Path:
@@ -84,6 +86,7 @@ class Outcome:
     values: list[float] | None = None
     reason: str = ""
     run_state: str = ""  # what status.json says
+    retryable: bool = True  # False: the run failed on the user's config or data (the same settings fail again)
 
 
 def _finite(value: Any) -> float | None:
@@ -116,8 +119,13 @@ def outcome(run_dir: str | Path, objectives: list[Objective]) -> Outcome:
         return Outcome(
             TrialState.PRUNED, reason=f"pruned at step {pruned.get('step')} ({pruned.get('value')})", run_state=state
         )
-    if state == run_folder.FAILED:
-        return Outcome(TrialState.FAIL, reason=str(status.get("error") or "failed"), run_state=state)
+    if state in (run_folder.FAILED, run_folder.CANCELLED):  # a cancelled job is a failed trial (retry_failed reruns it)
+        return Outcome(
+            TrialState.FAIL,
+            reason=str(status.get("error") or state),
+            run_state=state,
+            retryable=not status.get("user_error"),
+        )
     return Outcome(None, reason=f"its run folder says {state}", run_state=state)
 
 
@@ -125,6 +133,8 @@ def tell(study: optuna.Study, trial: Trial, result: Outcome) -> None:
     """Record a finished trial's outcome in the study (a FAIL keeps its reason as a user attribute)."""
     if result.state == TrialState.FAIL and result.reason:
         trial.set_user_attr(ATTR_ERROR, result.reason[:500])
+    if result.state == TrialState.FAIL and not result.retryable:
+        trial.set_user_attr(ATTR_RETRYABLE, False)  # search/retry.py leaves it failed
     study.tell(trial, values=result.values, state=result.state, skip_if_finished=True)
 
 

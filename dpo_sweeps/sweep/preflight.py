@@ -116,6 +116,10 @@ def _search_lines(config: DictConfig) -> list[str]:
     lines += [f"  {key}: {value}" for key, value in (sweeper.get("params") or {}).items()]
     # What proposes the trials: Optuna 5 changed TPE's defaults, so the settings in force are shown, not assumed.
     lines.append(f"Sampler: {options.in_force(sweeper.get('sampler'), 'tpe', options.SAMPLER_KEYS)}")
+    if "retry_failed" in sweeper:  # our search: what counts toward n_trials
+        from dpo_sweeps.search.retry import describe
+
+        lines.append(f"Retries: {describe(int(sweeper.retry_failed))}")
     return lines
 
 

@@ -62,8 +62,10 @@ def _task(status: dict) -> str:
 
 
 def _submitted_tasks(sweep_dir: Path) -> set[str]:
-    """Every SLURM task submitted for this sweep (submitit gives each its folder under .submitit/)."""
-    return {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit()}
+    """Every SLURM task submitted for this sweep (submitit gives each its folder under .submitit/: <array>_<index>, or
+    the job id of a single job; an array's own id folder holds only its submission files)."""
+    names = {p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit()}
+    return names - {n.split("_")[0] for n in names if "_" in n}
 
 
 def _trained_once(run_dir: Path, max_steps: int) -> None:
@@ -156,7 +158,9 @@ def test_grid_sweep_run_twice_in_parallel_trains_each_point_once(slurm_cluster, 
     args = ["-m", *FAST, f"training.max_steps={max_steps}", "beta=0.1,0.2", f"hydra.sweep.dir={sweep_dir}"]
     first = start_sweep(args)
     try:
-        wait_for_point(first, sweep_dir, lambda d: True, "the first sweep never claimed a folder", claim.CLAIM_FILE)
+        wait_for_point(
+            first, sweep_dir, lambda d: True, "the first sweep never claimed a folder", f"*/{claim.CLAIM_FILE}"
+        )
         second = start_sweep(args)
         out_second, _ = second.communicate(timeout=900)
         out_first, _ = first.communicate(timeout=900)

@@ -12,10 +12,13 @@ it. Each trial's job attaches to its trial and reports its objective at every ev
     study       the journal-backed study: open/create, a trial's outcome read from its run folder,
                 optimization_results.yaml, trials.csv, pareto_front.csv (their names: `files`)
     driver      the ask -> launch -> tell loop, continuing a stored study (what `hydra_plugins/dpo_sweeps_sweeper` runs)
+    liveness    a continued study's trials left RUNNING: waited for while their job runs, failed once it is gone
+    retry       hydra.sweeper.retry_failed: failed trials rerun with their parameters; what counts toward n_trials
     trial       the job side: attach to the trial, the pruning TrainerCallback, TrialPruned (optuna and transformers
                 are imported only once a trial with a pruner runs, inside the job)
 
-May import `runs`, `config` (folder names, the reference rule) and `eval.scorers` (whether answers get a score).
+May import `runs`, `config` (folder names, the reference rule), `eval.scorers` (whether answers get a score) and
+`slurm` (`liveness`: whether a trial's job still runs, and its true end).
 `sweep`, `train` and `tracking` import `trial` (every run imports it: it is light until a trial is attached);
 `sweep` and `report` read the names in `files` and `options` (no Optuna there); Hydra's plugin imports `driver`. Nothing heavy at
 module level (no torch, transformers or TRL): the driver runs on a login node; optuna is imported by a search only.

@@ -5,9 +5,11 @@ outcome from its run folder, tell the study; until the study holds `n_trials` tr
 Started again after it died (same command, same sweep folder), it continues the stored study instead of replaying it:
 - trials told before (complete, pruned, failed) are kept and never launched again: their folders stay untouched;
 - a trial it had asked for but not told yet is settled from its run folder when the job got to record its end (a
-  SLURM job may well have finished after its driver died), else launched again with the same overrides and trial id,
-  so the job resumes from the run folder's last checkpoint and reports into the same trial;
-- new trials are asked for until the study holds `n_trials` in total.
+  SLURM job may well have finished after its driver died); a trial whose job still runs is waited for (the launcher
+  attaches to that job: never a second job in one folder); one whose job is gone without recording an end is failed
+  with the reason (`search/liveness.py`); one that was asked but never launched is launched;
+- failed trials are retried with the same parameters (`hydra.sweeper.retry_failed`, `search/retry.py`) before new
+  trials are asked for, until `n_trials` trials count (a retried failure is replaced by its retry).
 
 A trial whose parameters equal an earlier trial's lands in the same run folder (folders are named by overrides): when
 that folder is complete the trial is told its values without training again; two such trials in one batch train once.
@@ -285,9 +287,11 @@ class OptunaSearch:
         previous = {p.get("trial"): p for p in run_folder.read_sweep_points(self.sweep_dir) or []}
         current = {e.number: e for e in batch}
         points = []
-        for frozen in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get(retry_mod.ATTR_RETRY_OF) for t in trials}  # their retry stands for them
+        for frozen in trials:
             run_dir = frozen.user_attrs.get(study_mod.ATTR_RUN_DIR)
-            if not run_dir:
+            if not run_dir or frozen.number in retried:
                 continue
             entry = current.get(frozen.number)
             point = dict(previous.get(frozen.number) or {})

@@ -332,6 +332,10 @@ def preflight(config: DictConfig) -> CheckedSweep:
         log.info("%s", note)
     # Last: the sweep's shape is right; are its models and datasets here (or reachable)? All cached: hub off.
     check_hub(hub, config)
+    if config.get("rerun") and checked.points:  # a folder a live job holds is refused, naming the job, for any launcher
+        from dpo_sweeps.slurm.attach import split_live
+
+        split_live([(p,) for p in checked.points], rerun=True)
     if checked.points:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         run_folder.write_json_atomic(sweep_dir / POINTS_FILE, checked.points)

@@ -242,6 +242,7 @@ class OptunaSearch:
         launched = list(to_launch.values())
         self._write_points(batch)
         if launched:
+            trial_liveness.hand_over_points(self.hydra_context.callbacks, launched)
             numbers = [e.number for e in launched]
             consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
             if consecutive or not naming.custom_subdir(self.config):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dpo_sweeps.runs import claim as claim_mod
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import client, watch
+from dpo_sweeps.slurm import client, handoff, watch
 from dpo_sweeps.slurm import liveness as job_liveness
 
 LIVE, GONE, UNLAUNCHED = "live", "gone", "unlaunched"
@@ -57,3 +57,11 @@ def record_dead(run_dir: Path, status: dict) -> str:
     )
     run_folder.update_status(run_dir, state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)
     return error
+
+
+def hand_over_points(callbacks, entries: list) -> None:
+    """Tell the launcher each trial's run folder (as the pre-launch check does for a grid), so that it records a
+    trial whose job dies like a grid point and waits for a live job that holds a trial's folder. Entries: the
+    driver's (`launch_overrides`, `run_dir`)."""
+    checked = handoff.find(callbacks)
+    checked.points = [{"overrides": e.launch_overrides, "run_dir": str(e.run_dir), "skip": False} for e in entries]

@@ -179,6 +179,7 @@ def test_fsdp_in_a_single_local_run_exits_with_the_fix(tmp_path):
     assert proc.returncode == 1, out
     assert f"{ONE_RANK} (a single run is one process)" in out, out
     assert "-m hydra/launcher=slurm hydra.launcher.tasks_per_node=" in out and "Traceback" not in out, out
+    assert not (tmp_path / "run").exists(), "refused before Hydra creates the run folder"
 
 
 def test_fsdp_under_torchrun_is_a_process_group_even_with_one_rank(monkeypatch):

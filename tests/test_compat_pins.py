@@ -79,3 +79,12 @@ def test_torch_is_pinned_where_fsdp2_exists():
     # FSDP2's fully_shard (training.fsdp.version=2, the default) is public from torch 2.6 on.
     (torch_pin,) = [d for d in DEPENDENCIES if d.startswith("torch")]
     assert torch_pin == "torch>=2.6", torch_pin
+
+
+def test_hydras_override_dirname_function_is_checked(monkeypatch):
+    from hydra._internal import config_loader_impl
+
+    monkeypatch.delattr(config_loader_impl, "get_overrides_dirname")
+    assert hydra_compat.problems() == [
+        "config_loader_impl.get_overrides_dirname(overrides, exclude_keys, item_sep, kv_sep)"
+    ]

@@ -9,6 +9,8 @@ release that changed one fails at once naming the installed and the tested versi
    (sweep/local_launcher.py);
 4. `HydraContext`, a frozen dataclass with `config_loader` and `callbacks`: the SLURM launcher replaces its
    `config_loader` with `object.__setattr__` (slurm/launcher.py) so that the sweeper does not compose each point again.
+5. `config_loader_impl.get_overrides_dirname(overrides, exclude_keys, item_sep, kv_sep)`: Hydra's own
+   `hydra.job.override_dirname`, computed per point before launch (config/naming.py).
 Checked by presence and signature (~1 ms); nothing runs.
 """
 
@@ -54,6 +56,13 @@ def problems() -> list[str]:
     need(
         lambda: _params(config_loader_impl.ConfigLoaderImpl._apply_overrides_to_config)[:2] == ["overrides", "cfg"],
         "ConfigLoaderImpl._apply_overrides_to_config(overrides, cfg)",
+    )
+    need(
+        lambda: (
+            {"overrides", "exclude_keys", "item_sep", "kv_sep"}
+            <= set(_params(config_loader_impl.get_overrides_dirname))
+        ),
+        "config_loader_impl.get_overrides_dirname(overrides, exclude_keys, item_sep, kv_sep)",
     )
     need(
         lambda: all(callable(getattr(basic_launcher.BasicLauncher, m)) for m in ("setup", "launch")),

@@ -29,6 +29,14 @@ from tests.helpers import (
 FINANCE = REPO / "tests" / "fixtures" / "datasets" / "finance" / "finance_prefs.jsonl"
 
 
+def late_error_file(folder):
+    """A data file whose first rows parse (the pre-launch check reads those) and whose last line does not: the point
+    starts and fails loading its data, as a point does at run time."""
+    path = folder / "late_error.jsonl"
+    path.write_text(FINANCE.read_text() + "{not json\n")
+    return path
+
+
 def test_points_at_once_follows_max_parallel_then_memory_then_cores():
     assert points_at_once(3, max_parallel=2, mem_gb=None, cores=8) == 2
     assert points_at_once(3, max_parallel=9, mem_gb=None, cores=1) == 3  # never more than the points
@@ -89,7 +97,7 @@ def _interval(run_dir) -> tuple[datetime, datetime]:
 def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_is_summarised(
     tmp_path, tiny_model_paths
 ):
-    """Four points at once (two train, two fail on a missing data file), each in its own process with one share of
+    """Four points at once (two train, two fail on a data file broken past its first rows), each in its own process with one share of
     the cores; the summary names all four and the exit status is 1; the completed points logged the same losses as
     the same seeds run one after another in one process."""
     common = [
@@ -109,7 +117,7 @@ def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_
     proc = run_cli(
         [
             *common,
-            f"dataset.path={FINANCE},{tmp_path / 'missing.jsonl'}",
+            f"dataset.path={FINANCE},{late_error_file(tmp_path)}",
             "hydra/launcher=local_parallel",
             "hydra.launcher.max_parallel=4",
             # Fresh caches: the points must share them among themselves, not find them from an earlier run.
@@ -124,11 +132,11 @@ def test_parallel_points_overlap_share_the_cores_match_sequential_and_a_failure_
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Sweep summary: 2 completed, 2 failed" in out, out[-3000:]
     good = sorted(d for d in sweep.iterdir() if "finance_prefs" in d.name)
-    bad = sorted(d for d in sweep.iterdir() if "missing.jsonl" in d.name)
+    bad = sorted(d for d in sweep.iterdir() if "late_error.jsonl" in d.name)
     assert len(good) == 2 and len(bad) == 2
     for d in bad:
         status = read_json(d / "status.json")
-        assert status["state"] == "failed" and "missing.jsonl" in status["error"]
+        assert status["state"] == "failed" and "late_error.jsonl" in status["error"]
         assert re.search(rf"\[\d/4\] {re.escape(d.name)}: failed ", out), out
     for d in good:
         assert re.search(rf"\[\d/4\] {re.escape(d.name)}: completed in ", out), out

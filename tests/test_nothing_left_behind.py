@@ -92,3 +92,52 @@ def test_a_failure_reason_is_the_line_that_names_the_cause():
     assert one_line(hub).startswith("OSError: We couldn't connect")
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: bad beta'
     assert one_line(trace) == "ValueError: bad beta"
+
+
+def test_a_rerun_with_parallel_points_starts_no_process_for_completed_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "model=tiny_llama",
+        *TINY,
+        "training.max_steps=2",
+        "training.save_model=false",
+        "eval.gen_prompts=0",
+        "seed=1",
+        "hydra/launcher=local_parallel",
+        f"hydra.sweep.dir={sweep}",
+        "-m",
+    ]
+    env = {"PYTHONPATH": str(REPO)}
+    first = run_cli(args, cwd=tmp_path, env=env, timeout=900)
+    (point,) = [d for d in sweep.iterdir() if (d / "status.json").exists()]
+    status = json.loads((point / "status.json").read_text())
+    assert status["state"] == "completed"
+    assert not (sweep / ".submitit" / "%j").exists(), "no folder named after submitit's job-id pattern"
+    jobs_before = sorted(p.name for p in (sweep / ".submitit").iterdir())
+
+    again = run_cli(args, cwd=tmp_path, env=env, timeout=900)
+    assert "1 completed point(s) skipped (rerun=true trains them again)" in again.stdout, again.stdout
+    assert "Sweep summary: 1 completed" in again.stdout
+    # No process was started for it: no new submitit job folder, its status untouched.
+    assert sorted(p.name for p in (sweep / ".submitit").iterdir()) == jobs_before
+    assert json.loads((point / "status.json").read_text()) == status
+    assert first.returncode == again.returncode == 0
+
+
+def test_a_sweep_where_nothing_ran_writes_no_report_and_no_wandb_summary(tmp_path):
+    data = tmp_path / "late_error.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(8)]
+    # The first rows parse (the pre-launch check passes); the last line breaks when each point loads its data.
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    sweep = tmp_path / "sweep"
+    args = ["model=tiny_llama", "dataset=local", f"dataset.path={data}", "training=smoke", "logger=wandb"]
+    args += ["logger.mode=offline", "seed=1,2", f"hydra.sweep.dir={sweep}", "-m"]
+    # Offline W&B files go into the sweep folder (the summary run) and the run folders (WANDB_DIR unset).
+    env = {"PYTHONPATH": str(REPO), "WANDB_DIR": ""}
+    proc = run_cli(args, cwd=tmp_path, env=env, check=False, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Sweep summary: 2 failed" in out and "line 9: not valid JSON" in out, out
+    assert "no sweep report and no W&B summary written" in out, out
+    assert not (sweep / "summary.md").exists() and not (sweep / "plots").exists()
+    assert not list(tmp_path.rglob("wandb")), sorted(tree(tmp_path))

@@ -20,6 +20,14 @@ POINT = ["model=tiny_qwen", *TINY]
 FINANCE = REPO / "tests" / "fixtures" / "datasets" / "finance" / "finance_prefs.jsonl"
 
 
+def late_error_file(folder):
+    """A data file whose first rows parse (the pre-launch check reads those) and whose last line does not: the point
+    starts and fails loading its data, as a point does at run time."""
+    path = folder / "late_error.jsonl"
+    path.write_text(FINANCE.read_text() + "{not json\n")
+    return path
+
+
 def test_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -158,7 +166,7 @@ def test_requeues_are_bounded(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_completed(tmp_path, tiny_model_paths):
-    """One point fails (a data file that does not exist); the other completes, under the submitit launcher (each point a
+    """One point fails (a data file broken past the first rows the pre-launch check reads); the other completes, under the submitit launcher (each point a
     process of its own). The summary names both and the exit status is 1. A rerun of the same sweep (basic launcher)
     skips the completed point without touching its files and fails the bad one again."""
     sweep = tmp_path / "sweep"
@@ -169,22 +177,22 @@ def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_complet
         "training.save_model=false",
         "dataset=local",
         "dataset.to_conversational=true",
-        f"dataset.path={FINANCE},{tmp_path / 'missing.jsonl'}",
+        f"dataset.path={FINANCE},{late_error_file(tmp_path)}",
         f"hydra.sweep.dir={sweep}",
     ]
     first = run_cli([*args, "hydra/launcher=submitit_local"], check=False)
     assert first.returncode == 1, first.stderr[-3000:]
     (good,) = sweep.glob("dataset.path=*finance_prefs.jsonl")
-    (bad,) = sweep.glob("dataset.path=*missing.jsonl")
+    (bad,) = sweep.glob("dataset.path=*late_error.jsonl")
     assert read_json(good / "status.json")["state"] == "completed"
     bad_status = read_json(bad / "status.json")
-    assert bad_status["state"] == "failed" and "missing.jsonl" in bad_status["error"]
+    assert bad_status["state"] == "failed" and "late_error.jsonl" in bad_status["error"]
     assert "Traceback" in bad_status["traceback"]
     assert "Sweep summary: 1 completed, 1 failed" in first.stdout
     assert f"completed {good}" in first.stdout and f"failed    {bad}" in first.stdout
     # The submitting console follows the points (each runs in its own process): one line as each ends, and no
     # Hydra schema-matching notice for the shadowed submitit_local schema.
-    assert re.search(rf"\[\d/2\] {re.escape(bad.name)}: failed .*missing\.jsonl", first.stdout), first.stdout
+    assert re.search(rf"\[\d/2\] {re.escape(bad.name)}: failed .*late_error\.jsonl", first.stdout), first.stdout
     assert re.search(rf"\[\d/2\] {re.escape(good.name)}: completed in ", first.stdout), first.stdout
     assert "ConfigStore schema with the same name" not in first.stderr
 
@@ -194,6 +202,7 @@ def test_failing_point_is_recorded_others_finish_summary_and_rerun_skips_complet
     assert second.returncode == 1
     assert "already completed" in second.stdout + second.stderr
     assert f"{good.name}: skipped (already completed" in second.stdout
+    assert "1 completed point(s) skipped (rerun=true trains them again)" in second.stdout
     assert (good / "metrics.json").read_bytes() == metrics_before
     assert (good / "metrics.json").stat().st_mtime_ns == mtime_before
     assert read_json(bad / "status.json")["attempts"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -103,6 +104,10 @@ class SweepSummary(Callback):
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
         self.handoff = _checked_or_exit(config)
+        skipped = sum(1 for p in self.handoff.points if p["skip"])
+        if skipped:
+            # Said once, up front: the launchers start no job for them (the basic launcher's lines say it per point).
+            print(f"{skipped} completed point(s) skipped (rerun=true trains them again)", flush=True)
         # Points running in other processes (submitit, SLURM) print their lines into their own logs: the submitting
         # console gets one line per point as it starts and ends from the watcher. The in-process launcher's job prints
         # its own (sweep/job.py).
@@ -126,25 +131,44 @@ class SweepSummary(Callback):
         # Relative to where the command started, which is the current directory here (with hydra.job.chdir=true too:
         # Hydra changes back after each job it runs in this process).
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        _drop_empty_job_id_folder(sweep_dir)
         rows = collect(sweep_dir)
         print(format_summary(rows), flush=True)
-
-        try:
-            report = write_sweep_report(sweep_dir)
-            print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
-        except Exception as exc:  # a broken report must not hide the summary or change the exit status
-            log.error("Sweep report for %s failed: %s: %s", sweep_dir, type(exc).__name__, exc)
-            report = None
-        if report is not None and config.logger.backend == "wandb":
-            try:
-                study_table = sweep_dir / TRIALS_CSV  # a search's every trial, pruned and failed included
-                log_sweep_summary(
-                    config, sweep_dir, report.csv, {"study": study_table} if study_table.exists() else None
-                )
-            except Exception as exc:  # W&B trouble must not fail a finished sweep either
-                log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)
+        if _anything_ran(rows):
+            _report(config, sweep_dir)
+        else:
+            # No metrics anywhere: a report of empty tables and plots, and a W&B run of nothing, would only mislead.
+            print("Nothing ran as far as a metric: no sweep report and no W&B summary written.", flush=True)
 
         not_done = [r for r in rows if r["state"] not in DONE]
         if not_done:
             # Hydra lets SystemExit through: the command's exit status is 1.
             raise SystemExit(1)
+
+
+def _report(config: DictConfig, sweep_dir: Path) -> None:
+    """The sweep report (tables, plots) and, with W&B, the sweep-summary run; neither may change the exit status."""
+    try:
+        report = write_sweep_report(sweep_dir)
+        print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
+    except Exception as exc:  # a broken report must not hide the summary or change the exit status
+        log.error("Sweep report for %s failed: %s: %s", sweep_dir, type(exc).__name__, exc)
+        return
+    if config.logger.backend == "wandb":
+        try:
+            study_table = sweep_dir / TRIALS_CSV  # a search's every trial, pruned and failed included
+            log_sweep_summary(config, sweep_dir, report.csv, {"study": study_table} if study_table.exists() else None)
+        except Exception as exc:  # W&B trouble must not fail a finished sweep either
+            log.warning("Logging the sweep summary to W&B failed: %s: %s", type(exc).__name__, exc)
+
+
+def _anything_ran(rows: list[dict]) -> bool:
+    """Whether any point finished or logged a metric (a failed point that trained a while still has a history)."""
+    return any(r["state"] in DONE or (Path(r["run_dir"]) / run_folder.HISTORY_FILE).exists() for r in rows)
+
+
+def _drop_empty_job_id_folder(sweep_dir: Path) -> None:
+    """submitit's local controller creates its folder pattern literally (`.submitit/%j`, empty) besides the real
+    per-job folders: removed when empty, so the sweep folder holds only what a person can read."""
+    with contextlib.suppress(OSError):  # absent, or not empty: leave it
+        (sweep_dir / ".submitit" / "%j").rmdir()

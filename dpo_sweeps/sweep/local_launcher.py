@@ -206,15 +206,17 @@ class ParallelLocalLauncher(LocalLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
+        # Completed points (the pre-launch check read their status.json) start no process: their result is known.
+        done = {tuple(p["overrides"]): p["run_dir"] for p in (self.handoff.points if self.handoff else []) if p["skip"]}
         n = len(job_overrides)
-        at_once = points_at_once(n, self.max_parallel, self.params.get("mem_gb"))
+        at_once = points_at_once(max(1, n - len(done)), self.max_parallel, self.params.get("mem_gb"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(
             "Running %d point(s) as local processes, %d at once on %d core(s) (logs: %s)",
-            n,
+            n - len(done),
             at_once,
             available_cores(),
             sweep_dir / ".submitit",
@@ -226,9 +228,11 @@ class ParallelLocalLauncher(LocalLauncher):
         start, held = attach.split_live(list(enumerate(points)), bool(self.config.get("rerun")))
         executor = self._executor()
         state = Singleton.get_state()
-        waiting = [(i, job_overrides[i]) for i, _ in start]
+        waiting = [(i, job_overrides[i]) for i, _ in start if tuple(job_overrides[i]) not in done]
         running: dict[int, Any] = {}
-        results: list[JobReturn | None] = [None] * n
+        results: list[JobReturn | None] = [
+            _folder_return(list(o), done[tuple(o)]) if tuple(o) in done else None for o in job_overrides
+        ]
         stop_signals = _stop_like_ctrl_c()
         previous = os.environ.get(POINTS_AT_ONCE_ENV)
         # The points' processes inherit this process's environment when they start (submitit's start_controller).

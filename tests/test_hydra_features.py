@@ -162,7 +162,7 @@ def test_job_number_subdir_chdir_and_task_name_in_a_parallel_sweep(tmp_path):
 def test_search_with_a_custom_subdir_finds_its_completed_trials(tmp_path):
     """The driver looked for a trial's results under its own folder name and recorded completed trials as failed."""
     sweep = tmp_path / "search"
-    _cli(
+    out = _cli(
         [
             "-m",
             "hparams_search=dpo_optuna",
@@ -172,6 +172,10 @@ def test_search_with_a_custom_subdir_finds_its_completed_trials(tmp_path):
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
+    )
+    # The sampler in force is in the search's log, not only in a dry run's.
+    assert (
+        "Sampler: tpe (seed=42, n_startup_trials=5, multivariate=True, constant_liar=True)" in out.stdout + out.stderr
     )
     assert [p.name for p in run_dirs(sweep)] == ["trial_0", "trial_1"]
     for number in (0, 1):

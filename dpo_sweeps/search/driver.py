@@ -30,6 +30,7 @@ from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.claim import describe as describe_holder
 from dpo_sweeps.search import liveness as trial_liveness
+from dpo_sweeps.search import options
 from dpo_sweeps.search import retry as retry_mod
 from dpo_sweeps.search import settings as settings_mod
 from dpo_sweeps.search import space as space_mod
@@ -133,6 +134,8 @@ class OptunaSearch:
             s.n_jobs,
         )
         log.info("Retries: %s.", retry_mod.describe(s.retry_failed))
+        # Pinned in conf/hydra/sweeper/dpo_optuna.yaml (Optuna 5 changed TPE's defaults): the log says what ran.
+        log.info("Sampler: %s", options.in_force(s.sampler, "tpe", options.SAMPLER_KEYS))
         ignored = settings_mod.ignored_sampler_settings(s.sampler)
         if ignored:
             log.warning(

@@ -206,3 +206,33 @@ def _state(run_dir) -> str | None:
         return json.loads((run_dir / "status.json").read_text()).get("state")
     except (OSError, ValueError):
         return None
+
+
+def test_hydras_basic_launcher_waits_in_the_point_then_takes_the_folder_over(tmp_path, sleeper, tiny_model_paths):
+    """The default launcher runs points in the sweep's process: the point itself waits while a live process holds
+    its folder (it says so, trains nothing), and once the holder is gone without an end it takes the folder over."""
+    sweep = tmp_path / "sweep"
+    held = sweep / "default"  # a one-point sweep: nothing varies in its folder's name
+    _hold(held, sleeper)
+    args = ["-m", "model=tiny_qwen", *TINY, "eval.gen_prompts=0", "beta=0.2", f"hydra.sweep.dir={sweep}"]
+    log_path = tmp_path / "out.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dpo_sweeps", *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while "waiting (held by process" not in log_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+            time.sleep(liveness.WAIT_POLL_S + 1)
+            assert proc.poll() is None and not (held / "metrics.jsonl").exists(), "it must wait, not train"
+            sleeper.kill()
+            sleeper.wait()
+            proc.wait(timeout=400)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    assert _state(held) == "completed" and (held / "metrics.jsonl").exists()

@@ -83,6 +83,13 @@ def _claim(run_dir: Path, multirun: bool, hydra_cfg) -> dict | None:
     try:
         return liveness.claim_for_this_job(run_dir)
     except claim_mod.FolderBusyError as busy:
+        if multirun and not cluster.in_submitit_job():
+            # Hydra's basic launcher runs the sweep's points in the sweep's own process, where no launcher of ours
+            # waits for the holder: wait here (never train beside it), then take the folder as it left it.
+            log.warning("%s Waiting for it here.", busy)
+            _announce(multirun, hydra_cfg, run_dir, "waiting", f"(held by {claim_mod.describe(busy.holder)})")
+            liveness.wait_released([run_dir])
+            return _claim(run_dir, multirun, hydra_cfg)
         log.error("%s", busy)
         _announce(multirun, hydra_cfg, run_dir, "not started", f"(held by {claim_mod.describe(busy.holder)})")
         if cluster.distributed():
@@ -124,6 +131,10 @@ def run_sweep_point(cfg: DictConfig) -> float:
     if holder is None:  # another live job holds the folder: nothing of it was touched
         return math.nan
     status = run_folder.read_status(run_dir) or {}  # as the claim found it (a dead holder's last word)
+    if status.get("state") == run_folder.COMPLETED and not cfg.rerun:  # the holder we waited for completed it
+        _release(run_dir, holder)
+        _announce(multirun, hydra_cfg, run_dir, "skipped", "(completed by the job that held it)")
+        return _objective(run_folder.read_json(run_dir / run_folder.METRICS_FILE))
     if status.get("state") == run_folder.COMPLETED:
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from helpers import REPO, TINY, run_cli
 
 from dpo_sweeps.runs import claim
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import liveness
 
 
@@ -236,3 +238,47 @@ def test_hydras_basic_launcher_waits_in_the_point_then_takes_the_folder_over(tmp
                 proc.kill()
     assert proc.returncode == 0, log_path.read_text()[-3000:]
     assert _state(held) == "completed" and (held / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_search_stopped_with_ctrl_c_leaves_no_running_trial_and_a_rerun_retries_it(tmp_path, tiny_model_paths):
+    """SIGINT to a search whose trial trains in its process: the trial's folder says cancelled, its Optuna trial is
+    failed (not RUNNING forever), and the same command again retries it once with the same parameters."""
+    from dpo_sweeps.search import settings, study
+    from dpo_sweeps.search.compat import TrialState
+
+    sweep = tmp_path / "search"
+    args = ["-m", "hparams_search=dpo_optuna", "model=tiny_qwen", *TINY, "eval.gen_prompts=0", "loss=sigmoid",
+            "training.max_steps=60", "training.save_model=false", "training.sample_completions=0",
+            "hydra.sweeper.n_trials=1", "training.learning_rate=tag(log, interval(1e-3, 1e-2))",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpo_sweeps", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run_folder.read_history(d) for d in sweep.glob("*/") if (d / "status.json").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-3000:]
+
+    def trials():
+        path = study.journal_path(None, sweep)
+        sampler, pruner = settings.sampler({"type": "random"}), settings.pruner({"type": "none"})
+        return study.open_study(path, "dpo_sweeps", [], sampler, pruner, create=False).get_trials()
+
+    (stopped,) = trials()
+    (run_dir,) = [d for d in sweep.glob("*/") if (d / "status.json").exists()]
+    assert _state(run_dir) == "cancelled" and stopped.state == TrialState.FAIL, (_state(run_dir), stopped.state)
+    assert "stopped (Ctrl-C)" in stopped.user_attrs[study.ATTR_ERROR]
+
+    run_cli(args, timeout=400)
+    first, retry = trials()
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params and retry.user_attrs["retry_of"] == 0
+    assert _state(run_dir) == "completed"

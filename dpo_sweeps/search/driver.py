@@ -248,12 +248,16 @@ class OptunaSearch:
             trial_liveness.hand_over_points(self.hydra_context.callbacks, launched)
             numbers = [e.number for e in launched]
             consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-            if consecutive or not naming.custom_subdir(self.config):
-                overrides = [e.launch_overrides for e in launched]
-                self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
-            else:  # a subdir that reads hydra.job.num: each trial's job number must be its trial number
-                for entry in launched:
-                    self.launcher.launch([entry.launch_overrides], initial_job_idx=entry.number)
+            try:
+                if consecutive or not naming.custom_subdir(self.config):
+                    overrides = [e.launch_overrides for e in launched]
+                    self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
+                else:  # a subdir that reads hydra.job.num: each trial's job number must be its trial number
+                    for entry in launched:
+                        self.launcher.launch([entry.launch_overrides], initial_job_idx=entry.number)
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, kill: its trials must not stay RUNNING in the journal
+                trial_liveness.fail_stopped(self.study, launched, self.settings.objectives)
+                raise
             self.job_idx = max(self.job_idx, numbers[-1]) + 1
         failures = 0
         for entry in launched + followers:

@@ -177,6 +177,16 @@ def run_sweep_point(cfg: DictConfig) -> float:
             from dpo_sweeps.report.model_card import write_model_card
 
             write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM/SIGHUP turned into it) in the sweep's own process
+        tracking.finish_active(exit_code=1, summary=trial_job.wandb_summary("cancelled"))
+        update_status(
+            run_dir,
+            state=run_folder.CANCELLED,
+            ended_at=run_folder.now_iso(),
+            error="stopped (Ctrl-C) while it ran; run the same command again to resume it from its last checkpoint",
+        )
+        _release(run_dir, holder)
+        raise
     except trial_job.TrialPruned as pruned:  # the search's pruner stopped it: finished, not an error
         if cluster.is_main_process():
             trial_job.record_pruned(run_dir, pruned, update_status)

@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" elsewhere.
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# make test runs the suite's tests side by side in TEST_WORKERS pytest-xdist workers, more than the 2 cores CI has:
+# most SLURM tests wait on the cluster rather than compute (tests/parallel.py keeps it safe). 0: one process.
+TEST_WORKERS ?= 3
 # Nodes of the local SLURM cluster `make slurm-up` starts: 1 (node localhost) or N >= 2 (n1..nN, network namespaces).
 NODES ?= 1
 # make bench-data: dataset sizes (comma-separated rows); make bench-submit: e.g. --stock.
@@ -43,11 +46,11 @@ demo: install ## A 3-point beta sweep of DPO on a tiny model, points in parallel
 demo-real: install ## A 3-point beta sweep of LoRA DPO on SmolLM2-135M-Instruct, points in parallel (CPU; 20.6 min on 2 loaded cores)
 	$(PY) -m dpo_sweeps experiment=smollm2_demo
 
-test: install ## The whole test suite (SLURM tests need `make slurm-up` first, else they skip)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install ## The whole test suite, TEST_WORKERS=3 tests at once (SLURM tests need `make slurm-up` first, else they skip)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test-fast: install ## The suite without tests marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: install ## The suite without tests marked slow, TEST_WORKERS at once
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,9 @@ from typing import Any
 import pytest
 
 DEFAULT_STATE_DIR = "/tmp/dpo_sweeps_slurm"
+# Deadlines of waits that include SLURM's queue: under pytest-xdist (`make test`) other tests' jobs may hold the
+# cluster's CPUs for minutes before a test's job starts or its requeued job starts again. They only bound a failure.
+QUEUE_WAIT_S = 600.0
 # Job states after which a job will not run again by itself (a requeued job goes back to PENDING instead).
 TERMINAL_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

@@ -28,7 +28,7 @@ from tests.helpers import (
     run_cli,
     start_sweep,
 )
-from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
 
 RULES_LOG = "DPO_SWEEPS_TEST_GPU_RULES_LOG"
 
@@ -165,7 +165,7 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     try:
         # Between two save points (save_steps=20): the checkpoint can only come from the signal.
         run_dir = preempt_at_step(proc, sweep, slurm_cluster, 5)
-        out, _ = proc.communicate(timeout=420)
+        out, _ = proc.communicate(timeout=QUEUE_WAIT_S)  # the requeued job queues again
     finally:
         if proc.poll() is None:
             proc.kill()

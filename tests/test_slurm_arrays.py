@@ -335,6 +335,8 @@ def test_jobs_get_what_the_stock_launcher_gives_them(
 
 @pytest.mark.slurm
 @pytest.mark.slow
+# Its time bound covers the other point's whole run: another test's jobs in the queue would stretch it.
+@pytest.mark.slurm_exclusive
 def test_a_task_cancelled_mid_training_is_marked_cancelled_with_slurms_state_and_the_sweep_ends(
     slurm_cluster,  # noqa: F811
     tmp_path,

@@ -14,7 +14,7 @@ import submitit
 
 # The `slurm_cluster` fixture comes from tests/slurm_support.py, which conftest.py loads for the whole suite
 # (standalone: python -m pytest -p tests.slurm_support tests/test_slurm_cluster.py).
-from tests.slurm_support import SlurmCluster, job_result, submitit_executor
+from tests.slurm_support import QUEUE_WAIT_S, SlurmCluster, job_result, submitit_executor
 
 pytestmark = pytest.mark.slurm
 
@@ -88,7 +88,7 @@ def test_submitit_job_runs_and_returns_its_result(slurm_cluster: SlurmCluster, t
     executor = submitit_executor(tmp_path / "submitit")
     job = executor.submit(add_and_report, 2, 40)
 
-    result = job_result(job, slurm_cluster, timeout=60)
+    result = job_result(job, slurm_cluster, timeout=QUEUE_WAIT_S)
 
     assert result["sum"] == 42
     assert result["job_id"] == str(job.job_id)
@@ -105,13 +105,13 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_
     executor = submitit_executor(tmp_path / "submitit")
     job = executor.submit(CountUntilPreempted(str(workdir)))
 
-    slurm_cluster.wait_for_state(job.job_id, "RUNNING", timeout=30)
+    slurm_cluster.wait_for_state(job.job_id, "RUNNING", timeout=QUEUE_WAIT_S)
     _wait_for_file(workdir / "started_0", timeout=30)
     time.sleep(0.5)  # let it count
     # What a preemption or an approaching time limit delivers to the job steps; submitit checkpoints + requeues.
     slurm_cluster.run("scancel", "--signal=USR2", str(job.job_id))
 
-    result = job_result(job, slurm_cluster, timeout=60)
+    result = job_result(job, slurm_cluster, timeout=QUEUE_WAIT_S)  # the requeued job queues again
 
     checkpointed = int((workdir / "checkpointed").read_text())
     assert checkpointed > 0
@@ -121,6 +121,8 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_
     slurm_cluster.wait_for_state(job.job_id, "COMPLETED", timeout=30)
 
 
+# Both jobs need the whole first node, and a low-partition job waits behind every debug job: alone on the cluster.
+@pytest.mark.slurm_exclusive
 def test_high_partition_preempts_low_and_the_low_job_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     node, cpus = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N %c").stdout.split()[:2]
     workdir = tmp_path / "work"
@@ -131,7 +133,7 @@ def test_high_partition_preempts_low_and_the_low_job_resumes(slurm_cluster: Slur
     low = submitit_executor(tmp_path / "low", partition="low", cpus_per_task=int(cpus), **pin)
     high = submitit_executor(tmp_path / "high", partition="high", cpus_per_task=int(cpus), **pin)
     low_job = low.submit(CountUntilPreempted(str(workdir)))
-    slurm_cluster.wait_for_state(low_job.job_id, "RUNNING", timeout=30)
+    slurm_cluster.wait_for_state(low_job.job_id, "RUNNING", timeout=QUEUE_WAIT_S)  # the last test's jobs may end
     _wait_for_file(workdir / "started_0", timeout=30)
 
     high_job = high.submit(add_and_report, 1, 2)

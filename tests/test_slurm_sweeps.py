@@ -12,7 +12,7 @@ import pytest
 
 from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import REPO, TINY, preempt_at_step, read_json, run_cli
-from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -43,7 +43,7 @@ def test_two_task_job_trains_with_ddp_writes_one_set_of_outputs_and_leaks_no_sec
             f"hydra.sweep.dir={sweep}",
         ],
         env={"WANDB_API_KEY": SECRET},
-        timeout=300,
+        timeout=QUEUE_WAIT_S,
     )
     (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
     status = read_json(run_dir / "status.json")
@@ -89,10 +89,10 @@ def test_usr2_mid_training_saves_requeues_resumes_and_matches_an_uninterrupted_r
     ref_dir = tmp_path / "ref"
     try:
         # Signal between two save points (save_steps=40), so the checkpoint can only come from the signal.
-        run_dir = preempt_at_step(proc, sweep, slurm_cluster, 10, timeout=180)
+        run_dir = preempt_at_step(proc, sweep, slurm_cluster, 10, timeout=QUEUE_WAIT_S)
         # Meanwhile, the uninterrupted reference run of the same config, in this machine's other core.
         run_cli([*common, f"hydra.run.dir={ref_dir}"])
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=QUEUE_WAIT_S)  # the requeued job queues again
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.helpers import REPO, TINY
-from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
+from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -58,7 +58,7 @@ def test_status_shows_a_running_slurm_point_with_its_step_then_every_point_compl
     proc = subprocess.Popen([sys.executable, "-m", "dpo_sweeps", *args], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
         seen_states, running = set(), None
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + QUEUE_WAIT_S
         while running is None and proc.poll() is None and time.monotonic() < deadline:
             out = _status(sweep, "--json")
             if out.returncode in (0, 1, 3) and out.stdout.strip():
@@ -125,7 +125,7 @@ def test_a_task_cancelled_outright_shows_as_cancelled_while_its_folder_still_say
     )
     job_ids: list[str] = []
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + QUEUE_WAIT_S  # both points at once: 2 of the cluster's CPUs
         points: list[dict] = []
         while time.monotonic() < deadline and proc.poll() is None:
             out = _status(sweep, "--json")

@@ -31,7 +31,7 @@ FRONTIER_PANELS = (("gen/score_after", "generation score after training"), ("gen
 # Up to this many points every point is named and gets its error bars; past it only the Pareto points are named.
 FEW = 12
 # Names on the plot at most (the Pareto set of a big sweep can be long; plots.json lists all of it).
-MAX_NAMED = 15
+MAX_NAMED = 8
 
 
 def frontier_x(points: list[RunRecord]) -> str:
@@ -113,14 +113,19 @@ def plot_frontier(
                    linewidths=0, zorder=3)  # fmt: skip
         front = [p for _, _, p in xy if p.name in pareto] if pareto else pareto_front(xy)
         front_ids = {id(p) for p in front}
-        ring = [(x, y) for x, y, p in xy if id(p) in front_ids]
-        ax.scatter([x for x, _ in ring], [y for _, y in ring], s=170, facecolors="none", edgecolors="red",
-                   linewidths=1.5, zorder=4, label="Pareto-optimal" + (" (search)" if pareto else ""))  # fmt: skip
+        ring = sorted(((x, y, p) for x, y, p in xy if id(p) in front_ids), key=lambda t: (t[0], t[1]))
+        what = f"Pareto-optimal{' (search)' if pareto else ''}: {len(ring)}"
+        ax.scatter([x for x, _, _ in ring], [y for _, y, _ in ring], s=170 if len(ring) <= 30 else 60,
+                   facecolors="none", edgecolors="red", linewidths=1.5 if len(ring) <= 30 else 0.8, zorder=4,
+                   label=what + (f", {MAX_NAMED} named" if not few and len(ring) > MAX_NAMED else ""))  # fmt: skip
         panel["pareto"] = sorted(p.name for p in front)
-        named = [t for t in xy if few or id(t[2]) in front_ids]
-        for x, y, p in sorted(named, key=lambda t: t[0])[:MAX_NAMED]:
-            ax.annotate(point_label(p, swept), (x, y), fontsize="x-small", xytext=(5, 4), textcoords="offset points",
-                        zorder=5)  # fmt: skip
+        # Few points: all named. Else Pareto points evenly spread along the front, so that the names do not pile up.
+        named = (
+            xy if few or not ring else [ring[round(i * (len(ring) - 1) / (MAX_NAMED - 1))] for i in range(MAX_NAMED)]
+        )
+        for j, (x, y, p) in enumerate(sorted({id(t[2]): t for t in named}.values(), key=lambda t: t[0])):
+            ax.annotate(point_label(p, swept), (x, y), fontsize="x-small", xytext=(6, -12 if j % 2 else 6),
+                        textcoords="offset points", zorder=5)  # fmt: skip
         for x, y, p in xy:
             point: dict[str, Any] = {"point": p.name, "x": x, "y": y}
             if not with_seeds:

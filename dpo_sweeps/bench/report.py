@@ -47,6 +47,8 @@ SMALL_FILES = (
     run_folder.MODEL_CARD_FILE,
 )
 # Final metrics scaled per point (so that ranks, frontier and heatmap have something to show).
+# A loaded machine can take minutes to start chromium and parse a 10,000-point page.
+PAGE_TIMEOUT_S = 300
 SCALED = ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss", "gen/score_after", "gen/kl_to_ref")
 
 
@@ -155,7 +157,11 @@ def page_ms(html: Path) -> float | None:
 
     if not chromium_path():
         return None
-    dom = dump_dom(html)
+    try:
+        dom = dump_dom(html, timeout=PAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"  (chromium did not finish {html} within {PAGE_TIMEOUT_S} s)", flush=True)
+        return None
     marker = 'data-ready-ms="'
     at = dom.find(marker)
     return float(dom[at + len(marker) : dom.index('"', at + len(marker))]) if at >= 0 else None
@@ -178,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep = build_sweep(sources, work / f"sweep_{n}", n)
         status = timed([sys.executable, "-m", "dpo_sweeps.status", str(sweep), "--no-slurm"])
         report = timed([sys.executable, "-m", "dpo_sweeps.report", str(sweep)])
+        print(f"{n} points: status {status[0]:.2f} s ({status[1]:.2f} CPU), report {report[0]:.2f} s "
+              f"({report[1]:.2f} CPU)", flush=True)  # fmt: skip
         ms = page_ms(sweep / "summary.html")
         rows.append((n, status, report, ms, (sweep / "summary.html").stat().st_size / 1e6))
-        print(f"{n} points: status {status[0]:.2f} s, report {report[0]:.2f} s, page {ms} ms", flush=True)
+        print(f"{n} points: page ready after {ms} ms", flush=True)
         if not args.keep:
             shutil.rmtree(sweep)
     load_after = os.getloadavg()

@@ -177,7 +177,9 @@ def run_sweep_point(cfg: DictConfig) -> float:
             from dpo_sweeps.report.model_card import write_model_card
 
             write_model_card(cfg, run_dir, metrics, **tracking.model_card_links(metrics))
-    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM/SIGHUP turned into it) in the sweep's own process
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM/SIGHUP turned into it)
+        if cluster.in_submitit_job():
+            raise  # a point process its launcher stopped: the launcher records why (local_launcher._record_stopped)
         tracking.finish_active(exit_code=1, summary=trial_job.wandb_summary("cancelled"))
         update_status(
             run_dir,

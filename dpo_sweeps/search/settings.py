@@ -67,6 +67,8 @@ EVAL_METRICS = (
 GEN_ALWAYS = ("gen/finished_before", "gen/finished_after", "gen/mean_tokens", "gen/mean_tokens_before", "gen/seconds")
 GEN_SCORED = ("gen/score_before", "gen/score_after", "gen/win_rate_vs_ref")
 GEN_KL = ("gen/kl_to_ref", "gen/kl_to_ref_before")
+# Outside the KL regime (eval.temperature != 1) the same measure is logged as a log-ratio (eval/measures.py).
+GEN_LOGRATIO = ("gen/logratio_to_ref", "gen/logratio_to_ref_before")
 
 
 class SweeperSettingsError(ValueError):
@@ -194,7 +196,8 @@ def logged_metrics(cfg: DictConfig) -> dict[str, str]:
         if _scorer(cfg) is not None:
             when.update({m: "end" for m in GEN_SCORED})
         if cfg.lora.enabled or not (cfg.ref_cache.enabled and reference_needed(cfg)):
-            when.update({m: "end" for m in GEN_KL})
+            # The KL is estimated only from answers sampled from the model itself (eval/generation.py).
+            when.update({m: "end" for m in (GEN_KL if float(cfg.eval.temperature) == 1.0 else GEN_LOGRATIO)})
     return when
 
 
@@ -207,12 +210,18 @@ def _scorer(cfg: DictConfig) -> str | None:
 def _metric_problem(key: str, metric: str, cfg: DictConfig, logged: dict[str, str]) -> str | None:
     if metric in logged or metric.startswith("data/"):
         return None
-    if metric in GEN_ALWAYS + GEN_SCORED + GEN_KL and cfg.eval.gen_prompts <= 0:
+    if metric in GEN_ALWAYS + GEN_SCORED + GEN_KL + GEN_LOGRATIO and cfg.eval.gen_prompts <= 0:
         return f"{key}={metric!r} comes from the generation eval, which is off (eval.gen_prompts=0): set eval.gen_prompts=8."
     if metric in GEN_SCORED:
         from dpo_sweeps.eval.scorers import resolve_scorer_name
 
         return f"{key}={metric!r} needs a scorer for the answers: {resolve_scorer_name(cfg)[1]}."
+    if metric in GEN_KL and float(cfg.eval.temperature) != 1.0:
+        return (
+            f"{key}={metric!r} is measured only in the KL regime (answers sampled at eval.temperature=1); with "
+            f"eval.temperature={cfg.eval.temperature} the runs log gen/logratio_to_ref instead and every trial would "
+            "fail. Set eval.temperature=1 (or drop the KL objective)."
+        )
     if metric in GEN_KL:
         return (
             f"{key}={metric!r}: full DPO with the reference cache keeps no reference model in memory, so the KL is "
@@ -239,7 +248,9 @@ def problems(s: Settings, cfg: DictConfig) -> list[str]:
     if not isinstance(s.n_jobs, int) or isinstance(s.n_jobs, bool) or s.n_jobs < 1:
         out.append(f"hydra.sweeper.n_jobs={s.n_jobs!r}: trials launched at once, an integer >= 1.")
     if not isinstance(s.max_failure_rate, int | float) or not 0.0 <= float(s.max_failure_rate) <= 1.0:
-        out.append(f"hydra.sweeper.max_failure_rate={s.max_failure_rate!r}: a share of a batch's trials, in [0, 1].")
+        out.append(
+            f"hydra.sweeper.max_failure_rate={s.max_failure_rate!r}: a share of the last n_jobs trials to end, in [0, 1]."
+        )
     if not isinstance(s.retry_failed, int) or isinstance(s.retry_failed, bool) or s.retry_failed < 0:
         out.append(
             f"hydra.sweeper.retry_failed={s.retry_failed!r}: times a failed trial is run again with the same "

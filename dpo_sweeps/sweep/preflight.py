@@ -266,6 +266,20 @@ def _sharing_a_folder(points: list[dict[str, Any]]) -> list[tuple[list[str], lis
     return bad
 
 
+def _search_corners(config: DictConfig) -> None:
+    """A search's dry run: what its corner checks found (search/corners.py; a real run checks them in its driver)."""
+    if _uses_basic_sweeper(config):
+        return
+    from dpo_sweeps.search import corners
+
+    if not corners.is_ours(config):
+        return
+    report = corners.for_dry_run(config, GlobalHydra.instance().config_loader())
+    print("\n".join(report.lines), flush=True)
+    if report.problems:
+        raise SystemExit(f"Error: {corners.refusal(report)}")
+
+
 def preflight(config: DictConfig) -> CheckedSweep:
     """on_multirun_start: validate; print the grid and stop for dry_run; else record this sweep's points and return
     them for the launcher."""
@@ -299,6 +313,7 @@ def preflight(config: DictConfig) -> CheckedSweep:
     misfits = cluster_problems(launcher)
     if config.get("dry_run"):
         print(format_grid(points, config), flush=True)
+        _search_corners(config)
         for problem in misfits:
             print(f"Cluster check: {problem}", flush=True)
         print("\n".join(memory.lines()), flush=True)

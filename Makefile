@@ -75,7 +75,7 @@ bench-local: install ## make demo's sweep one at a time (1 or all threads) vs in
 bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the local SLURM cluster, phase by phase (after `make slurm-up`; BENCH_SUBMIT_ARGS=--stock adds the stock launcher)
 	. $${DPO_SWEEPS_SLURM_DIR:-/tmp/dpo_sweeps_slurm}/env.sh && $(PY) -m dpo_sweeps.bench.submit --points 64 256 1200 $(BENCH_SUBMIT_ARGS)
 
-bench-search: install ## The same 16-trial search with and without successive_halving pruning: steps, wall time, best (~7 min on 2 busy cores)
+bench-search: install ## The same 16-trial search with and without pruning, and batched vs asynchronous (n_jobs=4, pruning): steps, wall time, best (~20 min on 2 busy cores)
 	$(PY) -m dpo_sweeps.bench.search
 
 bench-report: install ## Reading a sweep back: status, report and summary.html at 100, 1000 and 10000 points copied from make demo's (~15 min on 2 loaded cores)

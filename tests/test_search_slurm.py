@@ -20,9 +20,10 @@ MAX_STEPS = 30
 
 
 def test_median_pruner_stops_a_hopeless_trial_inside_its_slurm_job(slurm_cluster, tmp_path, tiny_model_paths):  # noqa: F811
-    """Two batches of two trials (one SLURM array each). The random sampler (seed 1) draws the learning rates
-    1e-7, 5e-3 | 1e-7, 5e-3: at 1e-7 the eval loss stays at ln 2, so once the first batch has completed, the second
-    batch's 1e-7 trial is worse than the median at its first evaluation and stops there; the others complete."""
+    """Four trials, two in flight (a SLURM job each, the next submitted as one ends). The random sampler (seed 1)
+    draws the learning rates 1e-7, 5e-3, 1e-7, 5e-3: at 1e-7 the eval loss stays at ln 2, so once the first two have
+    completed (they run side by side and end together), trial 2 at 1e-7 is worse than the median at its first
+    evaluation and stops there; the others complete."""
     sweep_dir = tmp_path / "search"
     proc = run_cli(
         [
@@ -73,7 +74,7 @@ def test_median_pruner_stops_a_hopeless_trial_inside_its_slurm_job(slurm_cluster
     step = status["pruned"]["step"]
     assert step < MAX_STEPS and status["pruned"]["metric"] == "eval_loss"
     # Reported from inside its SLURM job: the study holds the value the job saw at that step.
-    assert status["slurm"]["array_job_id"] and status["host"]
+    assert status["slurm"]["job_id"] and status["host"]
     assert max(pruned.intermediate_values) == step
     assert pruned.intermediate_values[step] == pytest.approx(status["pruned"]["value"])
     metrics = read_json(run_dir / run_folder.METRICS_FILE)

@@ -1,17 +1,24 @@
-"""Benchmark (`make bench-search`): the same 16-trial search with and without pruning, side by side.
+"""Benchmark (`make bench-search`): the same search two ways, side by side.
 
-    python -m dpo_sweeps.bench.search                 # ~7 min on 2 CPU cores shared with other jobs
-    python -m dpo_sweeps.bench.search --trials 8      # quicker, for a look
+    python -m dpo_sweeps.bench.search                   # both comparisons
+    python -m dpo_sweeps.bench.search --only async      # batched vs asynchronous trials only
+    python -m dpo_sweeps.bench.search --trials 8        # quicker, for a look
 
-Both searches run through the CLI exactly as a user types them (`hparams_search=dpo_optuna`, local launcher, one
-process): TPE over the learning rate and beta (log scales) on tiny_qwen and the toy set, 40 steps a trial with an
-evaluation every 4 steps, minimising eval_loss, sampler seed fixed. The second adds
-`hydra.sweeper.pruner.type=successive_halving` (first rung at the first evaluation, a third of the trials promoted at
-each rung). Measured: training steps spent (each run folder's last step, pruned or not), wall time of the command,
-trials per state, the best eval_loss found and its parameters. Targets: pruning spends at most half the steps and its
-best is within 0.02 of the unpruned search's.
+Every search runs through the CLI exactly as a user types it (`hparams_search=dpo_optuna`): TPE over the learning
+rate and beta (log scales) on tiny_qwen and the toy set, 40 steps a trial with an evaluation every 4 steps,
+minimising eval_loss, sampler seed fixed.
 
-The table is printed and written to `--out` (markdown).
+- `pruning`: local launcher (one process, one trial at a time), without and with
+  `hydra.sweeper.pruner.type=successive_halving` (first rung at the first evaluation, a third promoted at each rung).
+  Targets: pruning spends at most half the steps and its best is within 0.02 of the unpruned search's.
+- `async`: local_parallel, `n_jobs=4` (4 processes), successive_halving pruning, once in batches of 4 (the next batch
+  asked for when the whole batch has ended: the driver's behaviour before trials ran asynchronously, kept behind
+  DPO_SWEEPS_SEARCH_BATCHES=1 for this baseline) and once asynchronously (the next trial started as soon as one ends).
+  Target: asynchronous at least 1.3x faster in wall time at the same trial budget.
+
+Measured: wall time of the command, training steps spent (each run folder's last step, pruned or not), trials per
+state, the best eval_loss found and its parameters, and the machine's load (os.getloadavg) before and after. The
+tables are printed and written to `--out` (markdown).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search.driver import BATCHES_ENV
 from dpo_sweeps.search.files import RESULTS_FILE, TRIALS_CSV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,13 +67,19 @@ PRUNED = [
     "hydra.sweeper.pruner.reduction_factor=3",
 ]
 TARGET_STEPS_RATIO, TARGET_BEST_GAP = 0.5, 0.02
+N_JOBS = 4
+PARALLEL = ["hydra/launcher=local_parallel", f"hydra.launcher.max_parallel={N_JOBS}", f"hydra.sweeper.n_jobs={N_JOBS}"]
+TARGET_SPEEDUP = 1.3
 
 
-def run_search(sweep_dir: Path, trials: int, extra: list[str]) -> dict[str, Any]:
+def run_search(sweep_dir: Path, trials: int, extra: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "dpo_sweeps", *SEARCH, f"hydra.sweeper.n_trials={trials}", *extra]
     cmd.append(f"hydra.sweep.dir={sweep_dir}")
+    load_before = os.getloadavg()[0]
     tic = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    )
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         raise RuntimeError(f"search failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -84,6 +98,7 @@ def run_search(sweep_dir: Path, trials: int, extra: list[str]) -> dict[str, Any]
         "states": results["trials_by_state"],
         "best": results.get("best_value"),
         "best_params": results.get("best_params", {}),
+        "load": (load_before, os.getloadavg()[0]),
     }
 
 
@@ -97,9 +112,7 @@ def table(full: dict[str, Any], pruned: dict[str, Any], trials: int) -> str:
     states = lambda r: ", ".join(f"{n} {s}" for s, n in r["states"].items())  # noqa: E731
     ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
     lines = [
-        f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, no GPU; {time.strftime('%Y-%m-%d')}. {trials} trials each, TPE (seed 0) over "
-        f"lr and beta, {MAX_STEPS} steps a trial, eval_loss every {EVAL_STEPS} steps.",
+        _machine(trials),
         "",
         "| measure | no pruning | successive_halving | ratio / gap | target |",
         "|---|---|---|---|---|",
@@ -114,17 +127,55 @@ def table(full: dict[str, Any], pruned: dict[str, Any], trials: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machine(trials: int) -> str:
+    return (
+        f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, no GPU; {time.strftime('%Y-%m-%d')}. {trials} trials each, TPE (seed 0) over "
+        f"lr and beta, {MAX_STEPS} steps a trial, eval_loss every {EVAL_STEPS} steps."
+    )
+
+
+def async_table(batched: dict[str, Any], live: dict[str, Any], trials: int) -> str:
+    speedup = batched["wall_s"] / live["wall_s"]
+    states = lambda r: ", ".join(f"{n} {s}" for s, n in r["states"].items())  # noqa: E731
+    load = lambda r: f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}"  # noqa: E731
+    lines = [
+        f"{_machine(trials)} local_parallel, n_jobs={N_JOBS} (4 processes, 1 thread each), successive_halving.",
+        "",
+        f"| measure | batched (batches of {N_JOBS}) | asynchronous | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| wall time | {batched['wall_s']:.0f} s | {live['wall_s']:.0f} s | {speedup:.2f}x faster | >= "
+        f"{TARGET_SPEEDUP}x {'ok' if speedup >= TARGET_SPEEDUP else 'MISSED'} |",
+        f"| training steps spent | {batched['steps']} | {live['steps']} | {live['steps'] / batched['steps']:.2f} | |",
+        f"| trials | {states(batched)} | {states(live)} | | |",
+        f"| best eval_loss | {batched['best']:.4f} | {live['best']:.4f} | {live['best'] - batched['best']:+.4f} | |",
+        f"| best trial's parameters | {_params(batched['best_params'])} | {_params(live['best_params'])} | | |",
+        f"| load average (1 min) before -> after | {load(batched)} | {load(live)} | | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dpo_sweeps.bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--only", choices=("pruning", "async"), default=None, help="run one comparison only")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench" / "search.md"))
     args = parser.parse_args(argv)
+    texts = []
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
-        print(f"{args.trials}-trial search without pruning ...", flush=True)
-        full = run_search(Path(tmp) / "full", args.trials, [])
-        print(f"{args.trials}-trial search with successive_halving ...", flush=True)
-        pruned = run_search(Path(tmp) / "pruned", args.trials, PRUNED)
-    text = table(full, pruned, args.trials)
+        if args.only in (None, "pruning"):
+            print(f"{args.trials}-trial search without pruning ...", flush=True)
+            full = run_search(Path(tmp) / "full", args.trials, [])
+            print(f"{args.trials}-trial search with successive_halving ...", flush=True)
+            pruned = run_search(Path(tmp) / "pruned", args.trials, PRUNED)
+            texts.append(table(full, pruned, args.trials))
+        if args.only in (None, "async"):
+            print(f"{args.trials}-trial search, n_jobs={N_JOBS}, in batches ...", flush=True)
+            batched = run_search(Path(tmp) / "batched", args.trials, PARALLEL + PRUNED, {BATCHES_ENV: "1"})
+            print(f"{args.trials}-trial search, n_jobs={N_JOBS}, asynchronous ...", flush=True)
+            live = run_search(Path(tmp) / "async", args.trials, PARALLEL + PRUNED)
+            texts.append(async_table(batched, live, args.trials))
+    text = "\n".join(texts)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -1,6 +1,7 @@
-"""The search driver: ask Optuna for a batch of `n_jobs` trials, launch them as one batch of sweep points with the
-configured launcher (`self.launcher.launch(overrides, initial_job_idx)`: one SLURM array with ours), read each trial's
-outcome from its run folder, tell the study; until the study holds `n_trials` trials.
+"""The search driver: keep `n_jobs` trials in flight (`inflight.py`: a process per trial with local_parallel, a SLURM
+job per trial with ours); as soon as one ends (completes, is pruned, fails) read its outcome from its run folder, tell
+the study, and ask for and start the next, until the study holds `n_trials` trials. No trial waits for another: a
+pruned trial's slot is reused at once, not when the slowest trial of a batch ends.
 
 Started again after it died (same command, same sweep folder), it continues the stored study instead of replaying it:
 - trials told before (complete, pruned, failed) are kept and never launched again: their folders stay untouched;
@@ -12,12 +13,15 @@ Started again after it died (same command, same sweep folder), it continues the 
   trials are asked for, until `n_trials` trials count (a retried failure is replaced by its retry).
 
 A trial whose parameters equal an earlier trial's lands in the same run folder (folders are named by overrides): when
-that folder is complete the trial is told its values without training again; two such trials in one batch train once.
+that folder is complete the trial is told its values without training again; when a trial is training in it, the new
+trial waits for that one and is told the same outcome (the folder trains once).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from omegaconf import DictConfig
 from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.claim import describe as describe_holder
+from dpo_sweeps.search import corners, inflight
 from dpo_sweeps.search import liveness as trial_liveness
 from dpo_sweeps.search import options
 from dpo_sweeps.search import retry as retry_mod
@@ -39,6 +44,9 @@ from dpo_sweeps.search.compat import Trial, TrialState
 from dpo_sweeps.search.trial import ENV_TRIAL
 
 log = logging.getLogger(__name__)
+
+# "1": trials in batches of n_jobs, as before trials ran asynchronously (the benchmark's baseline, bench/search.py).
+BATCHES_ENV = "DPO_SWEEPS_SEARCH_BATCHES"
 
 
 @dataclass
@@ -76,7 +84,7 @@ class OptunaSearch:
         self.sweeper = sweeper
         self.config: DictConfig | None = None
         self.launcher = None
-        self.job_idx = 0
+        self.entries: dict[int, Entry] = {}  # the trials this driver started or told, by number
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -144,44 +152,22 @@ class OptunaSearch:
                 ", ".join(ignored),
             )
         pending = self._reconcile(stored)
-        stopped = False
-        while not stopped:
-            # n_trials counts parameter sets: a failed trial about to be retried is replaced by its retry (retry.py).
-            total = retry_mod.counted(self.study.get_trials(deepcopy=False), s.retry_failed)
-            batch = pending[: s.n_jobs]
-            pending = pending[s.n_jobs :]
-            fresh = max(0, min(s.n_jobs - len(batch), s.n_trials - total))
-            batch += [self._ask() for _ in range(fresh)]
-            if not batch:
-                break
-            stopped = self._run_batch(batch)
+        self._run_trials(pending)
         self._write_results()
 
     def _check_space(self) -> None:
-        """Compose a point with every choice and both ends of every range (one parameter varied at a time): a key that
-        is not in the config or a group option that does not exist is refused now, not in every trial's job."""
-        loader = self.hydra_context.config_loader
-        ends = {key: space_mod.ends(d) for key, d in self.space.distributions.items()}
-        base = {key: values[0] for key, values in ends.items()}
-        tried = [base] + [{**base, key: v} for key, values in ends.items() for v in values[1:]]
-        problems: dict[str, str] = {}  # Hydra's message (it names the key or option) -> the values that hit it
-        for params in tried:
-            try:
-                loader.load_sweep_config(self.config, self.space.overrides(params))
-            except Exception as exc:
-                varied = [f"{k}={space_mod.encode(v)}" for k, v in params.items() if v != base[k]]
-                problems.setdefault(str(exc).splitlines()[0], " ".join(varied) or "the first values of the space")
-        if problems:
-            lines = "\n".join(f"  - {msg} (with {where})" for msg, where in problems.items())
-            raise _exit(
-                f"the search space does not compose with the config; no trial was run:\n{lines}\n"
-                "Fix the key or option in hydra.sweeper.params or on the command line (a new key needs a leading +)."
-            )
+        """Every corner of the space that matters composed, validated, its objectives and (on SLURM) its memory
+        checked before the study is opened: a problem is refused now, not in every trial's job (`corners.py`)."""
+        report = corners.check(self.config, self.hydra_context.config_loader, self.space, self.settings)
+        if report.problems:
+            raise _exit(corners.refusal(report))
+        for line in report.lines:
+            log.debug("%s", line)
 
     def _entry(self, trial: Trial, overrides: list[str]) -> Entry:
         if naming.custom_subdir(self.config):
             # hydra.sweep.subdir=p_${hydra.job.num}, ${hydra.job.override_dirname}, ...: named as the trial's job will
-            # name it (its job number is its trial number, see _run_batch).
+            # name it (its job number is its trial number, see _run_trials).
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             point_dir = naming.point_run_dir(self.config, cfg, trial.number)
             return Entry(trial, overrides, Path(point_dir).absolute(), point_dir)
@@ -230,55 +216,85 @@ class OptunaSearch:
                 pending.append(entry)
         return pending
 
-    def _run_batch(self, batch: list[Entry]) -> bool:
-        """Launch, then tell every trial of the batch; True when failures exceed max_failure_rate (stop)."""
-        to_launch: dict[Path, Entry] = {}
-        followers: list[Entry] = []
-        for entry in batch:
-            before = study_mod.outcome(entry.run_dir, self.settings.objectives)
-            if before.state == TrialState.COMPLETE:
-                followers.append(entry)  # an earlier trial with the same parameters completed this folder
-            elif entry.run_dir in to_launch:
-                followers.append(entry)  # same parameters as another trial of this batch: trained once
-            else:
-                to_launch[entry.run_dir] = entry
-        launched = list(to_launch.values())
-        self._write_points(batch)
-        if launched:
-            trial_liveness.hand_over_points(self.hydra_context.callbacks, launched)
-            numbers = [e.number for e in launched]
-            consecutive = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
-            try:
-                if consecutive or not naming.custom_subdir(self.config):
-                    overrides = [e.launch_overrides for e in launched]
-                    self.launcher.launch(overrides, initial_job_idx=numbers[0] if consecutive else self.job_idx)
-                else:  # a subdir that reads hydra.job.num: each trial's job number must be its trial number
-                    for entry in launched:
-                        self.launcher.launch([entry.launch_overrides], initial_job_idx=entry.number)
-            except (KeyboardInterrupt, SystemExit):  # Ctrl-C, kill: its trials must not stay RUNNING in the journal
-                trial_liveness.fail_stopped(self.study, launched, self.settings.objectives)
-                raise
-            self.job_idx = max(self.job_idx, numbers[-1]) + 1
-        failures = 0
-        for entry in launched + followers:
-            result = study_mod.outcome(entry.run_dir, self.settings.objectives)
+    def _run_trials(self, pending: list[Entry]) -> None:
+        """The loop: the interrupted trials first, then new ones, `n_jobs` in flight (see the module doc)."""
+        s = self.settings
+        at_most = s.n_jobs
+        if inflight.in_process(self.launcher) and s.n_jobs > 1:
+            at_most = 1
+            log.info("hydra.sweeper.n_jobs=%d: this launcher runs trials in this process, one at a time.", s.n_jobs)
+        training: dict[Path, Entry] = {}  # run folder -> the trial training in it
+        waiting: dict[Path, list[Entry]] = {}  # run folder -> trials with the same parameters, told when it ends
+        # Whether each of the last n_jobs trials to end failed (the "batch" max_failure_rate is a share of).
+        recent: deque[bool] = deque(maxlen=s.n_jobs)
+        self.stopped = False
+        # The old behaviour, for `make bench-search` only: a batch of n_jobs trials, the next asked once all ended.
+        batches = os.environ.get(BATCHES_ENV) == "1"
+        started = 0
+
+        def finish(entry: Entry) -> None:
+            result = study_mod.outcome(entry.run_dir, s.objectives)
             if result.state is None:
                 result = study_mod.Outcome(
                     TrialState.FAIL, reason=f"the job ended without recording its outcome ({result.reason})"
                 )
             study_mod.tell(self.study, entry.trial, result)
-            failures += result.state == TrialState.FAIL
             self._log_trial(entry, result)
-        self._write_points(batch)
-        if failures and failures / len(batch) > self.settings.max_failure_rate:
-            log.error(
-                "%d of %d trial(s) of the batch failed (hydra.sweeper.max_failure_rate=%s): stopping the search.",
-                failures,
-                len(batch),
-                self.settings.max_failure_rate,
-            )
-            return True
-        return False
+            recent.append(result.state == TrialState.FAIL)
+            failures = sum(recent)
+            if not self.stopped and failures and failures / s.n_jobs > s.max_failure_rate:
+                self.stopped = True
+                log.error(
+                    "%d of the last %d trial(s) failed (hydra.sweeper.max_failure_rate=%s): stopping the search (the "
+                    "trials still running are waited for).",
+                    failures,
+                    s.n_jobs,
+                    s.max_failure_rate,
+                )
+
+        def next_point() -> inflight.Point | None:
+            nonlocal started
+            if batches and started >= at_most:
+                if training:
+                    return None
+                started = 0
+            while not self.stopped:
+                if pending:
+                    entry = pending.pop(0)
+                # n_trials counts parameter sets: a failed trial about to be retried is replaced by its retry (retry.py).
+                elif retry_mod.counted(self.study.get_trials(deepcopy=False), s.retry_failed) < s.n_trials:
+                    entry = self._ask()
+                else:
+                    return None
+                self.entries[entry.number] = entry
+                if entry.run_dir in training:  # same parameters as a trial in flight: that folder trains once
+                    waiting.setdefault(entry.run_dir, []).append(entry)
+                    self._write_points()
+                    continue
+                if study_mod.outcome(entry.run_dir, s.objectives).state == TrialState.COMPLETE:
+                    finish(entry)  # an earlier trial with the same parameters completed this folder
+                    self._write_points()
+                    continue
+                training[entry.run_dir] = entry
+                started += 1
+                self._write_points()  # before the launcher submits: ours records the job id in it
+                # The launchers learn each trial's folder as a grid's points (every trial in flight: a launcher's
+                # thread may read it after the next trial was handed over).
+                trial_liveness.hand_over_points(self.hydra_context.callbacks, list(training.values()))
+                return entry.launch_overrides, entry.number, entry.run_dir, str(entry.run_dir)
+            return None
+
+        def on_result(run_dir: Path, _: Any) -> None:
+            for entry in [training.pop(run_dir), *waiting.pop(run_dir, [])]:
+                finish(entry)
+            self._write_points()
+
+        try:
+            inflight.run(self.launcher, at_most, next_point, on_result)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, kill: the trials in flight must not stay RUNNING
+            stopped = [*training.values(), *(e for same in waiting.values() for e in same)]
+            trial_liveness.fail_stopped(self.study, stopped, s.objectives)
+            raise
 
     def _log_trial(self, entry: Entry, result: study_mod.Outcome) -> None:
         state = result.state.name.lower() if result.state is not None else "unfinished"
@@ -289,11 +305,11 @@ class OptunaSearch:
 
     # ---------------------------------------------------------------------------------------------- files
 
-    def _write_points(self, batch: list[Entry]) -> None:
+    def _write_points(self) -> None:
         """sweep_points.json: every trial of the study in number order (what `dpo_sweeps.status` and the end-of-sweep
         summary list), each SLURM task id the launcher recorded kept."""
         previous = {p.get("trial"): p for p in run_folder.read_sweep_points(self.sweep_dir) or []}
-        current = {e.number: e for e in batch}
+        current = self.entries
         points = []
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get(retry_mod.ATTR_RETRY_OF) for t in trials}  # their retry stands for them

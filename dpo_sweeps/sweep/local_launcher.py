@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,80 +205,114 @@ class ParallelLocalLauncher(LocalLauncher):
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert self.config is not None
         # Completed points (the pre-launch check read their status.json) start no process: their result is known.
         done = {tuple(p["overrides"]): p["run_dir"] for p in (self.handoff.points if self.handoff else []) if p["skip"]}
-        n = len(job_overrides)
-        at_once = points_at_once(max(1, n - len(done)), self.max_parallel, self.params.get("mem_gb"))
+        results: list[JobReturn | None] = [
+            _folder_return(list(o), done[tuple(o)]) if tuple(o) in done else None for o in job_overrides
+        ]
+        waiting = [(list(o), initial_job_idx + i, i, None) for i, o in enumerate(job_overrides) if tuple(o) not in done]
+
+        def on_result(i: int, result: JobReturn) -> None:
+            results[i] = result
+
+        self.launch_stream(
+            lambda: waiting.pop(0) if waiting else None,
+            on_result,
+            max(1, len(waiting)),
+            not_started=lambda: len(waiting),
+        )
+        return [r for r in results if r is not None]
+
+    def launch_stream(
+        self,
+        next_point: Callable[[], tuple[list[str], int, Any, str | None] | None],
+        on_result: Callable[[Any, JobReturn], None],
+        at_most: int,
+        not_started: Callable[[], int] | None = None,
+    ) -> None:
+        """Keep up to `at_most` points running (fewer when `points_at_once` says so): `next_point()` gives the next
+        (overrides, job number, key, run folder or None = the pre-launch check's), None for "nothing to start now";
+        `on_result(key, JobReturn)` is called as each point ends, and `next_point` is asked again at once. Returns when
+        nothing runs and nothing is to start. A sweep passes its whole list (`launch`); the search's driver asks and
+        tells its trials through it (search/inflight.py)."""
+        assert self.config is not None
+        at_once = points_at_once(at_most, self.max_parallel, self.params.get("mem_gb"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(
-            "Running %d point(s) as local processes, %d at once on %d core(s) (logs: %s)",
-            n - len(done),
+            "Running %s point(s) as local processes, %d at once on %d core(s) (logs: %s)",
+            at_most if not_started is not None else "the",
             at_once,
             available_cores(),
             sweep_dir / ".submitit",
         )
         known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
-        points = [attach.point_for(sweep_dir, list(o), known) for o in job_overrides]
-        run_dirs = {tuple(o): p["run_dir"] for o, p in zip(job_overrides, points, strict=True)}
-        # A folder a live job of an earlier or parallel invocation holds: waited for below, never started twice.
-        start, held = attach.split_live(list(enumerate(points)), bool(self.config.get("rerun")))
+        rerun = bool(self.config.get("rerun"))
         executor = self._executor()
         state = Singleton.get_state()
-        waiting = [(i, job_overrides[i]) for i, _ in start if tuple(job_overrides[i]) not in done]
-        running: dict[int, Any] = {}
-        results: list[JobReturn | None] = [
-            _folder_return(list(o), done[tuple(o)]) if tuple(o) in done else None for o in job_overrides
-        ]
+        running: dict[Any, tuple[Any, list[str], str]] = {}  # key -> (submitit job, overrides, run folder)
+        exhausted = False
         stop_signals = _stop_like_ctrl_c()
         previous = os.environ.get(POINTS_AT_ONCE_ENV)
         # The points' processes inherit this process's environment when they start (submitit's start_controller).
         os.environ[POINTS_AT_ONCE_ENV] = str(at_once)
         try:
-            while waiting or running:
-                while waiting and len(running) < at_once:
-                    i, overrides = waiting.pop(0)
-                    log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
-                    running[i] = executor.submit(
-                        self, list(overrides), "hydra.sweep.dir", initial_job_idx + i, "", state
-                    )
-                ended = [i for i, job in running.items() if job.done()]
-                for i in ended:
-                    overrides = list(job_overrides[i])
-                    results[i] = self._result(running.pop(i), overrides, run_dirs.get(tuple(overrides)))
+            while True:
+                while not exhausted and len(running) < at_once:
+                    point = next_point()
+                    if point is None:
+                        exhausted = True
+                        break
+                    overrides, num, key, run_dir = point
+                    found = attach.point_for(sweep_dir, overrides, known)
+                    found = {**found, "run_dir": run_dir} if run_dir else found
+                    # A folder a live job of an earlier or parallel invocation holds: waited for, never started twice.
+                    if attach.split_live([(key, found)], rerun)[1]:
+                        liveness.wait_released([found["run_dir"]])
+                        on_result(key, _folder_return(overrides, found["run_dir"]))
+                        continue
+                    log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+                    job = executor.submit(self, list(overrides), "hydra.sweep.dir", num, "", state)
+                    running[key] = (job, overrides, found["run_dir"])
+                if not running:
+                    break
+                ended = [key for key, (job, _, _) in running.items() if job.done()]
+                for key in ended:
+                    job, overrides, run_dir = running.pop(key)
+                    if liveness.other_live_holder(run_dir) is not None:
+                        # It found its folder taken by a job started meanwhile (it did not start there): wait for that.
+                        liveness.wait_released([run_dir])
+                        on_result(key, _folder_return(overrides, run_dir))
+                    else:
+                        on_result(key, self._result(job, overrides, run_dir))
+                    exhausted = False  # a point ended: the caller may have another one now
                 if not ended:
                     time.sleep(POLL_S)
-            # Ours that found their folder taken by a job started meanwhile (they did not start there) wait for it too.
-            late = [(i, p) for i, p in start if liveness.other_live_holder(p["run_dir"]) is not None]
-            liveness.wait_released([point["run_dir"] for (_, point), _ in held] + [p["run_dir"] for _, p in late])
-            for i, point in [*(e for e, _ in held), *late]:
-                results[i] = _folder_return(list(job_overrides[i]), point["run_dir"])
         except KeyboardInterrupt as stop:
             # Hydra would print a traceback: stop the points, record them, say how to go on.
-            stopped = [list(job_overrides[i]) for i in running]
-            _stop(running.values())
+            stopped = [run_dir for _, _, run_dir in running.values()]
+            _stop(job for job, _, _ in running.values())
             running.clear()
-            for overrides in stopped:
-                _record_stopped(run_dirs.get(tuple(overrides)), str(stop) or "SIGINT")
+            for run_dir in stopped:
+                _record_stopped(run_dir, str(stop) or "SIGINT")
+            left = f", {not_started()} not started" if not_started is not None else ""
             print(
-                f"Stopped ({stop or 'Ctrl-C'}): {len(stopped)} running point(s) stopped and recorded as cancelled, "
-                f"{len(waiting)} not started. Run the same command again to go on (completed points are skipped, "
-                "stopped ones resume from their last checkpoint, if they saved one).",
+                f"Stopped ({stop or 'Ctrl-C'}): {len(stopped)} running point(s) stopped and recorded as cancelled"
+                f"{left}. Run the same command again to go on (completed points are skipped, stopped ones resume from "
+                "their last checkpoint, if they saved one).",
                 file=sys.stderr,
             )
             raise SystemExit(130) from None
         finally:
-            _stop(running.values())  # an error here: no point keeps running unwatched
+            _stop(job for job, _, _ in running.values())  # an error here: no point keeps running unwatched
             for sig, handler in stop_signals.items():
                 signal.signal(sig, handler)
             if previous is None:
                 os.environ.pop(POINTS_AT_ONCE_ENV, None)
             else:
                 os.environ[POINTS_AT_ONCE_ENV] = previous
-        return [r for r in results if r is not None]
 
     @staticmethod
     def _result(job: Any, overrides: list[str], run_dir: str | None) -> JobReturn:

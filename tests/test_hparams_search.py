@@ -187,6 +187,7 @@ def test_a_search_space_that_does_not_compose_is_refused_before_any_trial(tmp_pa
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "training.learning_rat=0.001: unknown key, did you mean training.learning_rate?" in proc.stderr
+    assert "training.learning_rat=0.01:" not in proc.stderr, "one line per bad key, not one per value tried"
     assert "Could not find 'loss/ipoo' (with loss=ipoo)" in proc.stderr
     assert not (tmp_path / "search" / study.JOURNAL_FILE).exists()
 

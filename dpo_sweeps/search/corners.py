@@ -18,6 +18,7 @@ surface in every trial's job, hours later. Here, before the study is opened:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ def check(config: DictConfig, loader: Any, space: space_mod.SearchSpace, setting
     report = Report()
     composed: dict[tuple[str, ...], DictConfig | None] = {}
     found: dict[str, str] = {}  # problem -> the first corner it appeared at
+    seen: set[str] = set()
 
     def compose(params: dict[str, Any]) -> DictConfig | None:
         overrides = space.overrides(params)
@@ -76,7 +78,12 @@ def check(config: DictConfig, loader: Any, space: space_mod.SearchSpace, setting
         try:
             cfg = loader.load_sweep_config(config, overrides)
         except Exception as exc:  # Hydra's message names the key or the option
-            found.setdefault(str(exc).splitlines()[0], where)
+            message = str(exc).splitlines()[0].removeprefix("Error: ")
+            # One line per bad key, not one per value tried: the message names the value (`key=0.01: unknown key`).
+            same = re.sub(r"=[^\s:]+", "=", message)
+            if same not in seen:
+                seen.add(same)
+                found.setdefault(message, where)
             composed[key] = None
             return None
         for problem in find_problems(cfg) + settings_mod.problems(settings, cfg):

@@ -33,9 +33,8 @@ from omegaconf import DictConfig
 from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.claim import describe as describe_holder
-from dpo_sweeps.search import corners, inflight
+from dpo_sweeps.search import corners, inflight, options
 from dpo_sweeps.search import liveness as trial_liveness
-from dpo_sweeps.search import options
 from dpo_sweeps.search import retry as retry_mod
 from dpo_sweeps.search import settings as settings_mod
 from dpo_sweeps.search import space as space_mod

@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import attach, handoff, liveness, plan, site, submitit_compat, watch
 
 KILL_ON_BAD_EXIT = "--kill-on-bad-exit=1"
+_SUBMITTING = threading.Lock()
 log = logging.getLogger(__name__)
 
 # Launcher keys only the pre-launch check reads (hydra_plugins/dpo_sweeps_launcher/slurm.py's schema): not sbatch's.
@@ -269,16 +271,19 @@ class SweepSlurmLauncher(SlurmLauncher):
 
     def _submit(self, entries: list, plans: list[plan.ArrayPlan]) -> tuple[list, dict[str, float]]:
         """One sbatch per planned array; on any error cancel what this call submitted and exit with one message."""
-        tic = time.perf_counter()
-        base = self._executor()
-        # One copy of Hydra's global state for every point (the stock launcher takes one per point; it is the same).
-        state = _PickledOnce(Singleton.get_state())
-        self._pickle_once()
-        timing = {"limits": 0.0, "pickles": time.perf_counter() - tic, "sbatch": 0.0}
-        try:
-            return self._submit_arrays(entries, plans, base, state, timing)
-        finally:
-            self.__dict__.pop("_pickled_once", None)
+        # One submission at a time: the search's driver launches each trial from a thread of its own
+        # (search/inflight.py), and the launcher's pickled-once bytes are per submission.
+        with _SUBMITTING:
+            tic = time.perf_counter()
+            base = self._executor()
+            # One copy of Hydra's global state for every point (the stock launcher takes one per point; the same).
+            state = _PickledOnce(Singleton.get_state())
+            self._pickle_once()
+            timing = {"limits": 0.0, "pickles": time.perf_counter() - tic, "sbatch": 0.0}
+            try:
+                return self._submit_arrays(entries, plans, base, state, timing)
+            finally:
+                self.__dict__.pop("_pickled_once", None)
 
     def _submit_arrays(
         self, entries: list, plans: list[plan.ArrayPlan], base: Any, state: dict, timing: dict[str, float]

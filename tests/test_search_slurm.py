@@ -21,9 +21,10 @@ MAX_STEPS = 30
 
 def test_median_pruner_stops_a_hopeless_trial_inside_its_slurm_job(slurm_cluster, tmp_path, tiny_model_paths):  # noqa: F811
     """Four trials, two in flight (a SLURM job each, the next submitted as one ends). The random sampler (seed 1)
-    draws the learning rates 1e-7, 5e-3, 1e-7, 5e-3: at 1e-7 the eval loss stays at ln 2, so once the first two have
-    completed (they run side by side and end together), trial 2 at 1e-7 is worse than the median at its first
-    evaluation and stops there; the others complete."""
+    draws the learning rates 1e-7, 5e-3, 1e-7, 5e-3: at 1e-7 the eval loss stays at ln 2. The pruner waits for two
+    completed trials (n_startup_trials=2): trials 0 and 1 both complete whichever ends first (the next trial starts
+    when the first ends and cannot complete before the second does); then trial 2 at 1e-7 is worse than their
+    median and stops; trial 3 completes."""
     sweep_dir = tmp_path / "search"
     proc = run_cli(
         [
@@ -49,7 +50,7 @@ def test_median_pruner_stops_a_hopeless_trial_inside_its_slurm_job(slurm_cluster
             "hydra.sweeper.sampler.type=random",
             "hydra.sweeper.sampler.seed=1",
             "hydra.sweeper.pruner.type=median",
-            "hydra.sweeper.pruner.n_startup_trials=1",
+            "hydra.sweeper.pruner.n_startup_trials=2",
             "hydra.sweeper.pruner.n_warmup_steps=0",
             f"hydra.sweep.dir={sweep_dir}",
         ],

@@ -35,17 +35,7 @@ from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord, finite
 
 BY_CONFIG_CSV = "summary_by_config.csv"
-FRONTIER_PNG = "reward_kl_frontier.png"
 SEED_KEY = "seed"
-KL_KEY = "gen/kl_to_ref"
-# The same mean outside the KL regime (dpo_sweeps/eval/measures.py): drawn, but never called a KL.
-LOGRATIO_KEY = "gen/logratio_to_ref"
-X_LABELS = {
-    KL_KEY: "KL to reference (nats, gen/kl_to_ref)",
-    LOGRATIO_KEY: "log-ratio to reference (nats, gen/logratio_to_ref): not a KL, see gen/kl_regime_note",
-}
-# y axes of the frontier: (metrics.json key, label).
-FRONTIER_PANELS = (("gen/score_after", "generation score after training"), ("gen/win_rate_vs_ref", "win rate vs ref"))
 # Metrics aggregated over seeds (the objective is added when it is another one).
 HEADLINE_METRICS = (
     "eval_rewards/accuracies",

@@ -60,10 +60,13 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def _read_jsonl(path: Path) -> Rows:
+def _read_jsonl(path: Path, limit: int | None = None) -> Rows:
+    """Every row, or the first `limit` (the pre-launch check reads only a file's first rows)."""
     rows: Rows = []
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
+            if limit is not None and len(rows) >= limit:
+                break
             if not line.strip():
                 continue  # blank lines (a trailing newline) are not rows
             try:
@@ -159,24 +162,7 @@ def first_rows(path: Path, count: int = 5) -> int:
         raise DataFileError(f"{path}: unknown file type; use one of {', '.join(FORMATS)} (optionally .gz).")
     try:
         if fmt == ".jsonl":
-            rows = 0
-            with _open_text(path) as f:
-                for lineno, line in enumerate(f, start=1):
-                    if rows >= count:
-                        break
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataFileError(
-                            f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})."
-                        ) from None
-                    if not isinstance(row, dict):
-                        raise DataFileError(
-                            f"{path} line {lineno}: expected a JSON object per line, got {type(row).__name__}."
-                        )
-                    rows += 1
+            rows = len(_read_jsonl(path, limit=count))
         elif fmt == ".parquet":
             import pyarrow.parquet as pq
 

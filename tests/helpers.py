@@ -61,6 +61,21 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in Path(sweep_dir).iterdir() if (p / "status.json").exists())
 
 
+def stored_trials(sweep_dir: Path) -> list:
+    """The trials a search's Optuna journal in `sweep_dir` holds, read as a person's second process would (an existing
+    study, no sampling or pruning of its own)."""
+    from dpo_sweeps.search import settings, study
+
+    return study.open_study(
+        study.journal_path(None, Path(sweep_dir)),
+        "dpo_sweeps",
+        [],
+        settings.sampler({"type": "random"}),
+        settings.pruner({"type": "none"}),
+        create=False,
+    ).get_trials()
+
+
 def start_sweep(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """`python -m dpo_sweeps ARGS` in the background, its output collected: for tests that act on a running sweep
     (a signal, a kill, a scancel) and then read how it ended (`proc.communicate()`)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, compose_config, read_json, run_cli, run_dirs
+from helpers import REPO, compose_config, read_json, run_cli, run_dirs, stored_trials
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import settings, space, study
@@ -31,17 +31,6 @@ FAST = [
     "training.sample_completions=0",
 ]
 NO_GEN = ["eval.gen_prompts=0"]
-
-
-def _open(sweep_dir: Path, directions: int = 1):
-    return study.open_study(
-        study.journal_path(None, sweep_dir),
-        "dpo_sweeps",
-        [],
-        settings.sampler({"type": "random"}),
-        settings.pruner({"type": "none"}),
-        create=False,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ composing, space
@@ -226,7 +215,7 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
     assert results["best_value"] == max(objectives) and results["trials_by_state"] == {"complete": 3}
     best = [p for p in points if f"beta={results['best_params']['beta']}," in p.name]
     assert len(best) == 1 and objectives[points.index(best[0])] == max(objectives)
-    stored = _open(sweep_dir).get_trials()
+    stored = stored_trials(sweep_dir)
     assert [t.state for t in stored] == [TrialState.COMPLETE] * 3
     assert {Path(t.user_attrs["run_dir"]).name for t in stored} == {p.name for p in points}
 
@@ -264,7 +253,7 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path):
     results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
     assert results["best_params"]["training.learning_rate"] == 0.005, results
     assert results["trials_by_state"] == {"complete": 1, "fail": 1}
-    (fail,) = [t for t in _open(sweep_dir).get_trials() if t.state == TrialState.FAIL]
+    (fail,) = [t for t in stored_trials(sweep_dir) if t.state == TrialState.FAIL]
     assert fail.params["training.learning_rate"] == 1e30 and "eval_loss" in fail.user_attrs[study.ATTR_ERROR]
 
 
@@ -331,7 +320,7 @@ def test_search_killed_after_two_trials_continues_its_study(tmp_path):
     said = proc.stderr + proc.stdout
     assert "Trial 2 failed while no driver ran: its process (pid" in said, said[-3000:]
     assert "Trial 3 retries failed trial 2 with the same parameters" in said, said[-3000:]
-    trials = _open(sweep_dir).get_trials()
+    trials = stored_trials(sweep_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2
     assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2
     assert "ended without recording an end" in trials[2].user_attrs[study.ATTR_ERROR]

@@ -17,9 +17,9 @@ import pytest
 
 from dpo_sweeps.runs import claim
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import settings, study
+from dpo_sweeps.search import study
 from dpo_sweeps.search.compat import TrialState
-from tests.helpers import REPO, read_json, run_cli, run_dirs, start_sweep, trained_steps, wait_for_point
+from tests.helpers import REPO, read_json, run_cli, run_dirs, start_sweep, stored_trials, trained_steps, wait_for_point
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -43,17 +43,6 @@ SEARCH = [
     "hydra.sweeper.sampler.seed=3",
     "training.learning_rate=tag(log, interval(1e-3, 1e-2))",
 ]
-
-
-def _trials(sweep_dir: Path) -> list:
-    return study.open_study(
-        study.journal_path(None, sweep_dir),
-        "dpo_sweeps",
-        [],
-        settings.sampler({"type": "random"}),
-        settings.pruner({"type": "none"}),
-        create=False,
-    ).get_trials()
 
 
 def _task(status: dict) -> str:
@@ -131,7 +120,7 @@ def test_search_driver_killed_while_its_trials_run_is_continued_without_a_second
     said = proc.stdout + proc.stderr
     assert said.count("still runs it: waiting for it") == 2, said[-4000:]
     assert "held by SLURM job" in said, said[-4000:]
-    trials = _trials(sweep_dir)
+    trials = stored_trials(sweep_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     folders = run_dirs(sweep_dir)
     assert len(folders) == 3
@@ -208,7 +197,7 @@ def test_a_scancelled_trial_is_cancelled_failed_and_retried_once(slurm_cluster, 
             proc.kill()
     assert cancelled["slurm"]["state"].startswith("CANCELLED") and "cancelled" in cancelled["error"], cancelled
     assert proc.returncode == 0, out[-3000:]
-    trials = _trials(sweep_dir)
+    trials = stored_trials(sweep_dir)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE] or [
         t.state for t in trials
     ] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], [t.state for t in trials]
@@ -220,4 +209,4 @@ def test_a_scancelled_trial_is_cancelled_failed_and_retried_once(slurm_cluster, 
     assert status["state"] == "completed" and status["trial"]["number"] == 2 and status["attempts"] == 2
 
     again = run_cli(args, timeout=300)
-    assert "Search: 3 trial(s)" in again.stdout and len(_trials(sweep_dir)) == 3, again.stdout[-2000:]
+    assert "Search: 3 trial(s)" in again.stdout and len(stored_trials(sweep_dir)) == 3, again.stdout[-2000:]

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.search import settings, study
 from dpo_sweeps.search.compat import TrialState
-from tests.helpers import REPO, read_json, run_cli, run_dirs
+from tests.helpers import REPO, read_json, run_cli, run_dirs, stored_trials
 from tests.slurm_support import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -58,14 +57,7 @@ def test_median_pruner_stops_a_hopeless_trial_inside_its_slurm_job(slurm_cluster
     )
     assert "Sweep summary: 3 completed, 1 pruned" in proc.stdout, proc.stdout[-3000:]
 
-    stored = study.open_study(
-        study.journal_path(None, sweep_dir),
-        "dpo_sweeps",
-        [],
-        settings.sampler({"type": "random"}),
-        settings.pruner({"type": "none"}),
-        create=False,
-    ).get_trials()
+    stored = stored_trials(sweep_dir)
     assert [t.state for t in stored] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.COMPLETE]
     pruned = stored[2]
     assert pruned.params["training.learning_rate"] == 1e-7

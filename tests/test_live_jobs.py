@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, TINY, run_cli
+from helpers import REPO, TINY, run_cli, stored_trials
 
 from dpo_sweeps.runs import claim
 from dpo_sweeps.runs import folder as run_folder
@@ -244,7 +244,7 @@ def test_hydras_basic_launcher_waits_in_the_point_then_takes_the_folder_over(tmp
 def test_a_search_stopped_with_ctrl_c_leaves_no_running_trial_and_a_rerun_retries_it(tmp_path, tiny_model_paths):
     """SIGINT to a search whose trial trains in its process: the trial's folder says cancelled, its Optuna trial is
     failed (not RUNNING forever), and the same command again retries it once with the same parameters."""
-    from dpo_sweeps.search import settings, study
+    from dpo_sweeps.search import study
     from dpo_sweeps.search.compat import TrialState
 
     sweep = tmp_path / "search"
@@ -268,17 +268,12 @@ def test_a_search_stopped_with_ctrl_c_leaves_no_running_trial_and_a_rerun_retrie
             proc.kill()
     assert proc.returncode != 0, out[-3000:]
 
-    def trials():
-        path = study.journal_path(None, sweep)
-        sampler, pruner = settings.sampler({"type": "random"}), settings.pruner({"type": "none"})
-        return study.open_study(path, "dpo_sweeps", [], sampler, pruner, create=False).get_trials()
-
-    (stopped,) = trials()
+    (stopped,) = stored_trials(sweep)
     (run_dir,) = [d for d in sweep.glob("*/") if (d / "status.json").exists()]
     assert _state(run_dir) == "cancelled" and stopped.state == TrialState.FAIL, (_state(run_dir), stopped.state)
     assert "stopped (Ctrl-C)" in stopped.user_attrs[study.ATTR_ERROR]
 
     run_cli(args, timeout=400)
-    first, retry = trials()
+    first, retry = stored_trials(sweep)
     assert retry.state == TrialState.COMPLETE and retry.params == first.params and retry.user_attrs["retry_of"] == 0
     assert _state(run_dir) == "completed"

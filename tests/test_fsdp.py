@@ -76,6 +76,17 @@ def _assert_generation_on_the_prepared_model(tmp_path: Path, name: str, run_dir:
         assert all(c["fsdp"] and c["params"] == c["sharded"] > 0 for c in mine), mine
 
 
+def _assert_fill_on_the_prepared_model(tmp_path: Path, name: str, metrics: dict) -> None:
+    """Every forward that filled the reference cache, on both ranks, got the policy accelerate prepared (the FSDP2
+    module, every parameter a sharded DTensor), not the unprepared policy (whole, on CPU: a CUDA batch does not run
+    through it and NCCL refuses the gather) nor a second copy loaded for it on every rank."""
+    calls = [json.loads(line) for line in (tmp_path / f"{name}_gpu_rules.jsonl").read_text().splitlines()]
+    for rank in (0, 1):
+        mine = [c for c in calls if c["call"] == "ref_fill" and c["rank"] == rank]
+        assert len(mine) == metrics["ref_cache/forward_batches"] > 0, (rank, metrics, calls)
+        assert all(c["fsdp"] and c["params"] == c["sharded"] > 0 and c["policy"] for c in mine), mine
+
+
 def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in run_folder.read_history(run_dir) if "loss" in r}
 
@@ -118,6 +129,7 @@ def test_fsdp2_full_dpo_with_the_reference_cache_matches_ddp_and_saves_a_loadabl
     assert status["master"] == f"{cluster.node_address(status['nodes'][0])}:{port}"
     assert all("--kill-on-bad-exit=1" in p.read_text() for p in (fsdp.parent / ".submitit").rglob("*.sh"))
     assert got["ref_cache"] == ref["ref_cache"] == "computed"
+    _assert_fill_on_the_prepared_model(tmp_path, "fsdp", got)
     _assert_same_losses(_losses(fsdp), _losses(ddp), 6)
     # The evaluation before training ran (inside train(): FSDP2 shards model and optimizer together) and agrees.
     assert got["initial_eval_loss"] == pytest.approx(ref["initial_eval_loss"], abs=1e-5)

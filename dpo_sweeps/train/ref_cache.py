@@ -16,9 +16,8 @@ weights, the loss type (except ld_alpha), batch sizes, steps.
 
 An entry is one `.npz` file under `ref_cache.dir` (a shared filesystem on a cluster), written atomically (temp file +
 fsync + os.replace). Locking (one job computes an entry, the others wait up to `ref_cache.lock_timeout_s`; a dead
-holder's lock is broken) is `cache_store.LockedStore`'s, shared with the prepared-data cache.
-
-The store (`EntryStore`) imports only numpy; the trainer part imports torch/TRL inside functions (job side only).
+holder's lock is broken) is `cache_store.LockedStore`'s, shared with the prepared-data cache. The store imports only
+numpy; the trainer part imports torch/TRL inside functions (job side only).
 """
 
 from __future__ import annotations
@@ -272,11 +271,7 @@ def prepare(cfg: DictConfig) -> tuple[Callable[..., Any], RefCacheInfo, dict[str
 
     if not enabled(cfg):
         return prepared_data_trainer_class(), RefCacheInfo(enabled=False), {}
-    info = RefCacheInfo(
-        enabled=True,
-        store=EntryStore(cfg.ref_cache.dir, cfg.ref_cache.lock_timeout_s),
-        cfg=cfg,
-    )
+    info = RefCacheInfo(enabled=True, store=EntryStore(cfg.ref_cache.dir, cfg.ref_cache.lock_timeout_s), cfg=cfg)
     trainer_cls = _cached_trainer_class()
 
     def factory(*args, **kwargs):
@@ -288,7 +283,7 @@ def prepare(cfg: DictConfig) -> tuple[Callable[..., Any], RefCacheInfo, dict[str
 
 def needs_reference_model(cfg: DictConfig) -> bool:
     """Full-parameter DPO keeps a frozen reference copy in memory, unless the cache provides its log-probs: then the
-    untrained policy serves as the reference for the one pass that fills the cache (TRL does the same)."""
+    untrained policy, prepared for training, serves as the reference for the one pass that fills the cache."""
     return not cfg.lora.enabled and not enabled(cfg)
 
 
@@ -312,15 +307,32 @@ def _cached_trainer_class():
 
         def __init__(self, *args, ref_cache_info: RefCacheInfo, **kwargs):
             self.ref_cache_info = ref_cache_info
-            # With precompute on, TRL hashes every reference parameter in __init__ (7 s for 1.2B, 45 s for 8B) for
-            # its own datasets-cache fingerprint, which only its `_precompute_ref_logps` reads. We replace that
-            # method, so the hash is dead weight: skip it for the duration of __init__.
-            original = dpo_trainer_module.hash_module
-            dpo_trainer_module.hash_module = lambda module: None
+            # TRL's __init__ hashes every reference parameter (7 s for 1.2B, 45 s for 8B) for its own cache's key, read
+            # only by `_precompute_ref_logps` (replaced below), and under FSDP without a reference (full DPO) loads a
+            # second whole model per rank for its fill (device_map="auto" on GPUs: over all the node's GPUs), even on
+            # our hits. Our fill runs on the prepared policy (`_fill_model`): both skipped for the duration of __init__.
+            skipped = {"hash_module": lambda module: None, "create_model_from_path": lambda *a, **k: None}
+            originals = {name: getattr(dpo_trainer_module, name) for name in skipped}
+            vars(dpo_trainer_module).update(skipped)
             try:
                 super().__init__(*args, **kwargs)
             finally:
-                dpo_trainer_module.hash_module = original
+                vars(dpo_trainer_module).update(originals)
+
+        def _fill_model(self):
+            """The reference if there is one (TRL prepared it), else the policy as accelerate prepares it: under FSDP
+            the Trainer shards it only in `train()`; before, it is whole and on CPU (meta off rank 0, loading on rank 0
+            alone), a CUDA batch does not run through it and NCCL refuses the gather. Prepared here as HF's evaluate()
+            before train() does (accelerate 1.15 takes an FSDP2 model without its optimizer), in the constructor:
+            before any step or checkpoint load, full DPO's policy is the reference (LoRA: TRL disables the adapter)."""
+            if self.ref_model is not None:
+                return self.ref_model
+            if self.is_fsdp_enabled:
+                from torch.distributed.fsdp import FSDPModule
+
+                if not isinstance(self.model, FSDPModule):  # FSDP2 shards in place: one object, as in evaluate()
+                    self.model = self.model_wrapped = self.accelerator.prepare(self.model)
+            return self.model
 
         def _compute_ref_arrays(self, dataset, name: str, batch_size: int) -> dict[str, np.ndarray]:
             # TRL 1.16's own loop, minus its datasets cache (see `_precompute_ref_logps` in trl/trainer/dpo_trainer.py).
@@ -334,7 +346,7 @@ def _cached_trainer_class():
                     shuffle=False,
                 )
             )
-            model = self.ref_model or self.model
+            model = self._fill_model()
             chosen, rejected = [], []
             for batch in loader:
                 c, r = self.compute_ref_log_probs(model, batch)
@@ -354,6 +366,7 @@ def _cached_trainer_class():
                     "ref_cache.enabled=true is not supported with DeepSpeed and no separate reference model. "
                     "Fix: ref_cache.enabled=false."
                 )
+            self._fill_model()  # prepared on a hit too: what train() starts from does not depend on the cache
             key = entry_key(info.identity, rows_digest(dataset))
             meta = {"split": name, "rows": len(dataset), "reference": info.identity}
             compute = lambda: self._compute_ref_arrays(dataset, name, batch_size)  # noqa: E731

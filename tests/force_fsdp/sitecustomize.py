@@ -7,9 +7,10 @@ that a run whose TrainingArguments configure FSDP (`fsdp_plugin_args`) trains sh
 it passes `training.fsdp.*` to TRL exactly as on GPUs (config/fsdp.py). A run without FSDP settings (the DDP baseline) is left alone.
 
 Forcing alone would test less than a GPU demands (gloo with CPU tensors accepts what NCCL refuses), so a forced run
-also checks the GPU's rules: every `generate` (the generation eval, before and after training, on every rank) gets the
-model accelerate prepared, with sharded parameters; a violation raises in the job, and each check is logged to the
-file named by DPO_SWEEPS_TEST_GPU_RULES_LOG for the test to read.
+also checks the GPU's rules: every `generate` (the generation eval, before and after training, on every rank) and
+every forward that fills the reference cache (`compute_ref_log_probs`) gets the model accelerate prepared, with sharded
+parameters; a violation raises in the job, and each check is logged to the file named by
+DPO_SWEEPS_TEST_GPU_RULES_LOG for the test to read.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def _record(**entry) -> None:
             f.write(json.dumps({"rank": int(os.environ.get("RANK", "0")), "pid": os.getpid(), **entry}) + "\n")
 
 
-def _check_generate(model) -> None:
-    """What NCCL and a real device demand of `generate` in a sharded run, which gloo with CPU tensors lets through:
+def _check_sharded(call: str, model, **extra) -> None:
+    """What NCCL and a real device demand of a forward in a sharded run, which gloo with CPU tensors lets through:
     the model is the one accelerate prepared (an FSDP2 module, on the device) and its parameters are sharded DTensors.
-    An unprepared model is whole and on CPU on every rank: its synced all-reduce of a CPU tensor fails on NCCL."""
+    An unprepared model is whole and on CPU on every rank: a CUDA batch does not run through it, and its collectives
+    (generate's synced all-reduce, the fill's gather) on a CPU tensor fail on NCCL."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -51,12 +53,22 @@ def _check_generate(model) -> None:
     params = list(model.parameters())
     sharded = sum(isinstance(p, DTensor) for p in params)
     fsdp = isinstance(model, FSDPModule)
-    _record(call="generate", model=type(model).__name__, fsdp=fsdp, params=len(params), sharded=sharded)
+    _record(call=call, model=type(model).__name__, fsdp=fsdp, params=len(params), sharded=sharded, **extra)
     if not fsdp or sharded != len(params):
         raise AssertionError(
-            f"generate() on {type(model).__name__} ({sharded} of {len(params)} parameters sharded) in a sharded run: "
+            f"{call}() on {type(model).__name__} ({sharded} of {len(params)} parameters sharded) in a sharded run: "
             "not the model accelerate prepared; on GPUs it is whole and on CPU, and NCCL refuses its collectives."
         )
+    if not extra.get("policy", True):
+        raise AssertionError(
+            f"{call}() on a {type(model).__name__} that is not the trainer's model: a second whole model loaded on "
+            "every rank (TRL's own reference: device_map='auto' on GPUs spreads it over all of the node's GPUs), "
+            "which the memory estimate does not count and rank-0-only loading cannot spare."
+        )
+
+
+def _check_generate(model) -> None:
+    _check_sharded("generate", model)
 
 
 def _force(trainer) -> None:
@@ -96,21 +108,48 @@ def _patch(trainer_module) -> None:
     GenerationMixin.generate = checked_generate
 
 
+def _patch_dpo(dpo_module) -> None:
+    """Every forward of a reference-cache fill (ours and TRL's loop both call `compute_ref_log_probs` once per batch)
+    runs on the policy accelerate prepared: full DPO's untrained policy, or LoRA's with the adapter disabled."""
+    trainer_cls = dpo_module.DPOTrainer
+    compute = trainer_cls.compute_ref_log_probs
+
+    def checked_compute_ref_log_probs(self, model, inputs):
+        if _FORCED:
+            _check_sharded("ref_fill", model, policy=model is self.model)
+        return compute(self, model, inputs)
+
+    trainer_cls.compute_ref_log_probs = checked_compute_ref_log_probs
+
+
+# Patched as each is imported: module name -> patch.
+_PATCHES = {"transformers.trainer": _patch, "trl.trainer.dpo_trainer": _patch_dpo}
+
+
 if os.environ.get(FLAG) == "1":
     import importlib.abc
     import importlib.util
 
     class _PatchOnImport(importlib.abc.MetaPathFinder):
+        def __init__(self):
+            self.pending = dict(_PATCHES)
+
         def find_spec(self, name, path=None, target=None):
-            if name != "transformers.trainer":
+            patch = self.pending.pop(name, None)
+            if patch is None:
                 return None
-            sys.meta_path.remove(self)  # one module, once; and the lookup below must not find us again
-            spec = importlib.util.find_spec(name)
+            # Each module once; and the lookup below must not find us again.
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                if self.pending:
+                    sys.meta_path.insert(0, self)
             loader_exec = spec.loader.exec_module
 
             def exec_module(module):
                 loader_exec(module)
-                _patch(module)
+                patch(module)
 
             spec.loader.exec_module = exec_module
             return spec

@@ -54,6 +54,15 @@ _SIGNALS = {
 }
 
 
+def _record(run_dir: str | Path, **fields: Any) -> None:
+    """`update_status` that cannot end the sweep: a point's folder on a full disk (or gone) is said in the log, and the
+    other points are still waited for; the summary then shows what the folder last held."""
+    try:
+        run_folder.update_status(run_dir, **fields)
+    except OSError as exc:
+        log.error("Could not record %s in %s: %s", fields.get("state", "an end"), Path(run_dir) / "status.json", exc)
+
+
 def dead_rank(log_path: Path) -> dict[str, str] | None:
     """The first task of the job's latest attempt that srun reports killed or failed: rank, node and signal (or
     srun's words, "Exited with exit code 1"). None when every task ended well (or the log is unreadable)."""
@@ -82,7 +91,7 @@ def note_dead_rank(job: Any, point: dict | None) -> None:
     error = status.get("error") or ""
     if said not in error:
         error = f"{said}. {error or 'SLURM task ' + str(job.job_id) + ' ended without a result.'}"
-    run_folder.update_status(point["run_dir"], state=run_folder.FAILED, error=error, dead_rank=dead)
+    _record(point["run_dir"], state=run_folder.FAILED, error=error, dead_rank=dead)
     log.error("Point %s: %s", point["run_dir"], said)
 
 
@@ -126,7 +135,7 @@ def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, deta
         if status.get("state") == run_folder.FAILED and status.get("error"):
             error = status["error"]  # the job recorded its own failure (a rank of a multi-task job, see sweep/job.py)
         if status.get("state") not in (run_folder.COMPLETED, run_folder.PRUNED):  # finished: not dead
-            run_folder.update_status(
+            _record(
                 point["run_dir"],
                 state=run_folder.CANCELLED if cancelled else run_folder.FAILED,
                 ended_at=status.get("ended_at") or run_folder.now_iso(),
@@ -156,9 +165,7 @@ def _result(job: Any, point: dict | None, overrides: list[str]) -> JobReturn:
             and (run_folder.read_status(point["run_dir"]) or {}).get("state") != run_folder.FAILED
             and liveness.other_live_holder(point["run_dir"], job.job_id) is None
         ):
-            run_folder.update_status(
-                point["run_dir"], state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error
-            )
+            _record(point["run_dir"], state=run_folder.FAILED, ended_at=run_folder.now_iso(), error=error)
         log.error("Point %s: %s", point["run_dir"] if point else job.job_id, error)
         return _failed_return(overrides, error)
 

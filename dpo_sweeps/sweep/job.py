@@ -24,6 +24,7 @@ from dpo_sweeps import console
 from dpo_sweeps.config import naming
 from dpo_sweeps.config.validation import validate
 from dpo_sweeps.runs import claim as claim_mod
+from dpo_sweeps.runs import disk
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import trial as trial_job
 from dpo_sweeps.slurm import liveness
@@ -198,16 +199,23 @@ def run_sweep_point(cfg: DictConfig) -> float:
         return math.nan
     except Exception as exc:
         tracking.finish_active(exit_code=1, summary=trial_job.wandb_summary("failed"))
-        update_status(
-            run_dir,
-            state=run_folder.FAILED,
-            ended_at=run_folder.now_iso(),
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-            # The user's config or data: the same settings fail the same way, so a search does not retry them.
-            user_error=isinstance(exc, console.user_error_types()),
-        )
-        _announce(multirun, hydra_cfg, run_dir, "failed", f"after {console.duration(time.time() - started)}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        if cluster.is_main_process() and disk.out_of_space(exc, run_dir):
+            # A full disk: free what the half-written checkpoint holds first, or not even the failure gets recorded.
+            error = disk.no_space_error(exc, run_dir)
+        try:
+            update_status(
+                run_dir,
+                state=run_folder.FAILED,
+                ended_at=run_folder.now_iso(),
+                error=error,
+                traceback=traceback.format_exc(),
+                # The user's config or data: the same settings fail the same way, so a search does not retry them.
+                user_error=isinstance(exc, console.user_error_types()),
+            )
+        except OSError as write_error:  # the disk is still full: the sweep's watcher records what SLURM saw
+            log.error("Point %s failed (%s) and status.json could not be written: %s", run_dir, error, write_error)
+        _announce(multirun, hydra_cfg, run_dir, "failed", f"after {console.duration(time.time() - started)}: {error}")
         _release(run_dir, holder)
         if cluster.distributed():
             _end_the_job(exc)
@@ -216,7 +224,7 @@ def run_sweep_point(cfg: DictConfig) -> float:
             raise SystemExit(message) from None
         if not multirun:
             raise
-        log.error("Point %s failed: %s: %s (traceback in %s)", run_dir.name, type(exc).__name__, exc, run_dir)
+        log.error("Point %s failed: %s (traceback in %s)", run_dir.name, error, run_dir)
         return math.nan
     update_status(run_dir, state=run_folder.COMPLETED, ended_at=run_folder.now_iso())
     _release(run_dir, holder)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from dpo_sweeps.runs import disk
 from dpo_sweeps.runs import folder as run_folder
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "COMPLETE"
-PREFIX = "checkpoint-"
+# One spelling for this module and the failure path of a full disk (runs/disk.py), which must not import transformers.
+COMPLETE_MARKER = disk.COMPLETE_MARKER
+PREFIX = disk.CHECKPOINT_PREFIX
 
 
 def _step(path: Path) -> int:

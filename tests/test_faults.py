@@ -1,0 +1,90 @@
+"""Faults clusters have, each provoked on the local SLURM cluster (tests/faults.py): the run folder's filesystem full
+while a checkpoint is written, a node lost mid-job, the controller stopped for a minute mid-sweep. Each test has
+the cluster to itself (`slurm_exclusive`): two of them stop its daemons."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from dpo_sweeps.train import checkpoints
+from tests import faults
+from tests.helpers import TINY, read_json, start_sweep, wait_for_point
+from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.slurm_exclusive]
+
+# Short runs that checkpoint twice: the first save fits, the second is where each fault strikes.
+POINT = [
+    "model=tiny_qwen",
+    *TINY,
+    "hydra/launcher=slurm_local",
+    "training.max_steps=30",
+    "training.save_steps=10",
+    "training.logging_steps=5",
+    "training.eval_before_training=false",
+    "training.save_model=false",
+]
+
+
+def _complete(run_dir: Path) -> list[str]:
+    return [p.name for p in checkpoints.complete_checkpoints(run_dir / "checkpoints")]
+
+
+def _has_complete_checkpoint(run_dir: Path) -> bool:
+    return bool(_complete(run_dir))
+
+
+def _finish(proc, timeout: float = QUEUE_WAIT_S) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
+def test_a_full_disk_while_checkpointing_fails_the_point_saying_so_and_a_rerun_resumes(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+):
+    with faults.small_tmpfs(slurm_cluster, tmp_path / "disk", "8m") as disk:
+        sweep = disk / "sweep"
+        args = ["-m", *POINT, f"hydra.sweep.dir={sweep}"]
+        proc = start_sweep(args)
+        try:
+            run_dir = wait_for_point(
+                proc, sweep, _has_complete_checkpoint, "no complete checkpoint before the disk filled", timeout=300
+            )
+            # Room for the log lines of the next steps, not for the next checkpoint (the first one's size).
+            first = run_dir / "checkpoints" / _complete(run_dir)[0]
+            size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+            filler = faults.fill(disk, leave_bytes=size // 3)
+            out = _finish(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 1, out[-4000:]
+        status = read_json(run_dir / "status.json")
+        assert status["state"] == "failed", status
+        assert "no space left" in status["error"].lower(), status["error"]
+        assert "Sweep summary" in out, out[-6000:]
+        summary = out[out.index("Sweep summary") :]
+        assert "no space left" in summary.lower(), summary
+        assert _complete(run_dir) == ["checkpoint-10"], "the partial checkpoint must never count as complete"
+        partial = run_dir / "checkpoints" / "checkpoint-20"
+        assert not (partial / checkpoints.COMPLETE_MARKER).exists()
+
+        filler.unlink()  # space again: the same command resumes from the last complete checkpoint
+        started = time.monotonic()
+        proc = start_sweep(args)
+        out = _finish(proc)
+        assert proc.returncode == 0, out[-4000:]
+        status = read_json(run_dir / "status.json")
+        metrics = read_json(run_dir / "metrics.json")
+        assert status["state"] == "completed" and status["attempts"] == 2, status
+        assert metrics["resumed_from_step"] == 10 and metrics["global_step"] == 30, metrics
+        print(f"rerun took {time.monotonic() - started:.0f} s")

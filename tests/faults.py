@@ -144,11 +144,12 @@ def start_slurmctld(cluster: SlurmCluster) -> None:
 
 
 @contextlib.contextmanager
-def slurmctld_stopped(cluster: SlurmCluster) -> Iterator[None]:
+def slurmctld_stopped(cluster: SlurmCluster, seconds: float) -> Iterator[None]:
     """slurmctld stopped (SIGTERM, as slurm-down.sh does) while the block runs; started again on the way out, however
     the block ends, and waited for until every node answers."""
     pid = _pid(cluster.state_dir / "run" / "slurmctld.pid", "slurmctld")
     assert pid is not None, "slurmctld of the local cluster is not running"
+    log_fault(f"stopping slurmctld (pid {pid}) of {cluster.state_dir} for ~{seconds:.0f} s, then restarting it")
     os.kill(pid, signal.SIGTERM)
     try:
         _wait_gone(pid, 10)
@@ -210,6 +211,9 @@ def node_lost(cluster: SlurmCluster, node: str) -> Iterator[None]:
     registration that the job it ran is gone: NODE_FAIL."""
     pid = slurmd_pid(cluster, node)
     assert pid is not None, f"slurmd of node {node} is not running"
+    log_fault(
+        f"killing slurmd (pid {pid}) and the job processes of node {node} of {cluster.state_dir}; slurmd back in ~10 s"
+    )
     victims = _processes_of_node(pid)
     for victim in [pid, *victims]:
         with contextlib.suppress(ProcessLookupError):

@@ -88,3 +88,55 @@ def test_a_full_disk_while_checkpointing_fails_the_point_saying_so_and_a_rerun_r
         assert status["state"] == "completed" and status["attempts"] == 2, status
         assert metrics["resumed_from_step"] == 10 and metrics["global_step"] == 30, metrics
         print(f"rerun took {time.monotonic() - started:.0f} s")
+
+
+OUTAGE_S = 60.0
+
+
+def _running(sweep: Path, n: int):
+    def ready(_run_dir: Path) -> bool:
+        states = [read_json(p).get("state") for p in sweep.glob("*/status.json")]
+        return states.count("running") >= n
+
+    return ready
+
+
+def test_the_controller_stopped_for_a_minute_mid_sweep_no_point_is_marked_dead_and_all_complete(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+):
+    sweep = tmp_path / "sweep"
+    # Two CPUs a point: one point per node runs, the third waits in the queue through the outage.
+    proc = start_sweep(
+        [
+            "-m",
+            *POINT,
+            "training.max_steps=40",
+            "beta=0.1,0.2,0.3",
+            "hydra.launcher.cpus_per_task=2",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    try:
+        wait_for_point(proc, sweep, _running(sweep, 2), "two points never ran at once", timeout=QUEUE_WAIT_S)
+        with faults.slurmctld_stopped(slurm_cluster, OUTAGE_S):
+            down = slurm_cluster.run("squeue", "-h", check=False, timeout=60)
+            assert down.returncode != 0, f"squeue still answers with slurmctld stopped: {down.stdout}"
+            deadline = time.monotonic() + OUTAGE_S
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, "the sweep ended while the controller was down"
+                states = {p.parent.name: read_json(p)["state"] for p in sweep.glob("*/status.json")}
+                assert not {"failed", "cancelled"} & set(states.values()), states
+                time.sleep(1)
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-6000:]
+    statuses = [read_json(p) for p in sorted(sweep.glob("*/status.json"))]
+    assert len(statuses) == 3 and all(s["state"] == "completed" for s in statuses), statuses
+    assert all(s["attempts"] == 1 and s.get("error") is None for s in statuses), statuses
+    for line in out.splitlines():
+        assert not line.lstrip().startswith(("failed", "cancelled")), line
+        assert ": failed" not in line and ": cancelled" not in line, line

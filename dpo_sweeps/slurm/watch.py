@@ -109,6 +109,15 @@ def _failed_return(overrides: list[str] | None, error: str) -> JobReturn:
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=math.nan)
 
 
+# What a final state without a result means, where SLURM's state says it (the others: any of the default's causes).
+_HOW = {
+    "CANCELLED": "cancelled (scancel by you or an admin)",
+    "NODE_FAIL": "lost with its node (node failure: the node went down, or its slurmd came back without the job)",
+    "OUT_OF_MEMORY": "killed for using more memory than it asked for (out of memory)",
+    "TIMEOUT": "stopped at its time limit and not requeued",
+}
+
+
 def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, details: dict[str, str]) -> str:
     """Record a task that ended without a result: `cancelled` for SLURM's CANCELLED, else `failed`."""
     state, reason, code = details["state"], details["reason"], details["exit_code"]
@@ -117,14 +126,13 @@ def mark_dead(job_id: str, point: dict | None, overrides: list[str] | None, deta
     why = ", ".join(
         x for x in (f"reason {reason}" if reason and reason != "None" else "", f"exit code {code}" if code else "") if x
     )
-    how = (
-        "cancelled (scancel by you or an admin)"
-        if cancelled
-        else "killed outright (scancel, out of memory, node failure, a time limit without requeue)"
+    how = _HOW.get(
+        client.base_state(state), "killed outright (scancel, out of memory, node failure, a time limit without requeue)"
     )
     error = (
         f"SLURM task {job_id} {said}{f' ({why})' if why else ''} without a result: {how}. Its log: the sweep's "
-        ".submitit/ folder. Rerun the sweep to run it again (completed points are skipped)."
+        ".submitit/ folder. Rerun the sweep to run it again (completed points are skipped; this one resumes from its "
+        "last complete checkpoint, if it has one)."
     )
     holder = liveness.other_live_holder(point["run_dir"], job_id) if point is not None else None
     if holder is not None:  # this task never trained there: the folder is the live holder's to record

@@ -11,7 +11,7 @@ import pytest
 
 from dpo_sweeps.train import checkpoints
 from tests import faults
-from tests.helpers import TINY, read_json, start_sweep, wait_for_point
+from tests.helpers import TINY, read_json, start_sweep, trained_steps, wait_for_point
 from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.slurm_exclusive]
@@ -140,3 +140,49 @@ def test_the_controller_stopped_for_a_minute_mid_sweep_no_point_is_marked_dead_a
     for line in out.splitlines():
         assert not line.lstrip().startswith(("failed", "cancelled")), line
         assert ": failed" not in line and ": cancelled" not in line, line
+
+
+def _past_first_checkpoint(run_dir: Path) -> bool:
+    return bool(_complete(run_dir)) and trained_steps(12)(run_dir)
+
+
+# SLURM requeues a batch job lost with its node (JobRequeue=1, the local cluster's and SLURM's default); a job
+# submitted with --no-requeue (or on a site with JobRequeue=0) ends NODE_FAIL instead.
+@pytest.mark.parametrize("requeue", [True, False], ids=["requeued_by_slurm", "no_requeue"])
+def test_a_node_lost_mid_job_is_node_failure_and_the_point_resumes_from_its_last_complete_checkpoint(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+    requeue,
+):
+    sweep = tmp_path / "sweep"
+    # Two CPUs: the point has its node to itself, so losing the node loses nothing else.
+    args = ["-m", *POINT, "training.max_steps=40", "hydra.launcher.cpus_per_task=2", f"hydra.sweep.dir={sweep}"]
+    if not requeue:
+        args.append("+hydra.launcher.additional_parameters.no_requeue=true")
+    proc = start_sweep(args)
+    try:
+        run_dir = wait_for_point(
+            proc, sweep, _past_first_checkpoint, "no checkpoint before the node was lost", timeout=QUEUE_WAIT_S
+        )
+        job_id = read_json(run_dir / "status.json")["slurm"]["job_id"]
+        node = slurm_cluster.job_info(job_id)["NodeList"]
+        with faults.node_lost(slurm_cluster, node):
+            time.sleep(5)  # a node that reboots
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    accounted = slurm_cluster.run("sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State").stdout.split()
+    assert "NODE_FAIL" in accounted, f"sacct says {accounted}"
+    status = read_json(run_dir / "status.json")
+    if not requeue:  # failed, saying why, and a rerun resumes it
+        assert proc.returncode == 1 and status["state"] == "failed", out[-6000:]
+        assert "NODE_FAIL" in status["error"] and "lost with its node" in status["error"], status["error"]
+        assert "lost with its node" in out[out.index("Sweep summary") :], out[-3000:]
+        out = _finish(start_sweep(args))
+        status = read_json(run_dir / "status.json")
+    assert status["state"] == "completed" and status["attempts"] == 2, (status, out[-6000:])
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["resumed_from_step"] in (10, 20) and metrics["global_step"] == 40, metrics
+    assert _complete(run_dir)[-1] == "checkpoint-40"

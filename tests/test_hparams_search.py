@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,8 +225,8 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
 def test_a_failed_trial_does_not_end_the_search(tmp_path):
     """One trial fails at run time (a learning rate of 1e30 makes its eval loss NaN: no finite objective; a bad value
     that validation can see, like beta=-1, is refused before any trial by the corner checks): the study records it as
-    failed with why, the search goes on to its second trial. (Its run folder says completed: the run did finish; the
-    search's trials.csv and optimization_results.yaml say the trial failed.)"""
+    failed with why, the search goes on to its second trial. Its run folder says failed too (the run did finish, but
+    a trial without a finite objective is a failed one: status.json and the sweep summary agree with the study)."""
     sweep_dir = tmp_path / "search"
     proc = run_cli(
         [
@@ -255,6 +256,9 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path):
     assert results["trials_by_state"] == {"complete": 1, "fail": 1}
     (fail,) = [t for t in stored_trials(sweep_dir) if t.state == TrialState.FAIL]
     assert fail.params["training.learning_rate"] == 1e30 and "eval_loss" in fail.user_attrs[study.ATTR_ERROR]
+    status = read_json(Path(fail.user_attrs[study.ATTR_RUN_DIR]) / "status.json")
+    assert status["state"] == "failed" and "no finite objective" in status["error"], status
+    assert re.search(r"^\s+failed\s+\S+\s+\(no finite objective", out, re.M), out[-3000:]
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

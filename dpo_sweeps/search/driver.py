@@ -199,6 +199,7 @@ class OptunaSearch:
             result = study_mod.outcome(entry.run_dir, self.settings.objectives)
             mine = ((run_folder.read_status(entry.run_dir) or {}).get("trial") or {}).get("number") == frozen.number
             if result.state is not None and (result.state == TrialState.COMPLETE or mine):
+                study_mod.settle_folder(entry.run_dir, result)
                 study_mod.tell(self.study, trial, result)
                 log.info("Trial %d: %s while no driver ran (%s)", frozen.number, result.run_state, entry.run_dir.name)
                 continue
@@ -237,6 +238,7 @@ class OptunaSearch:
                 result = study_mod.Outcome(
                     TrialState.FAIL, reason=f"the job ended without recording its outcome ({result.reason})"
                 )
+            study_mod.settle_folder(entry.run_dir, result)
             study_mod.tell(self.study, entry.trial, result)
             self._log_trial(entry, result)
             recent.append(result.state == TrialState.FAIL)

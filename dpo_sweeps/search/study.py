@@ -129,6 +129,15 @@ def outcome(run_dir: str | Path, objectives: list[Objective]) -> Outcome:
     return Outcome(None, reason=f"its run folder says {state}", run_state=state)
 
 
+def settle_folder(run_dir: str | Path, result: Outcome) -> None:
+    """A run that completed without a finite objective (its loss went NaN) is a failed trial: its folder says failed
+    too, so status.json, `python -m dpo_sweeps.status`, the sweep summary and the report agree with the study."""
+    if result.state == TrialState.FAIL and result.run_state == run_folder.COMPLETED:
+        run_folder.update_status(
+            run_dir, state=run_folder.FAILED, error=f"no finite objective: the run {result.reason}"
+        )
+
+
 def tell(study: optuna.Study, trial: Trial, result: Outcome) -> None:
     """Record a finished trial's outcome in the study (a FAIL keeps its reason as a user attribute)."""
     if result.state == TrialState.FAIL and result.reason:

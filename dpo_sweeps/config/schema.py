@@ -250,6 +250,9 @@ class ObjectiveConfig:
     # Further objectives of a multi-objective search (hparams_search=dpo_frontier): the search finds the Pareto front
     # of `metric` and these, e.g. [{metric: gen/kl_to_ref, mode: min}].
     extra: list[ObjectiveTerm] = field(default_factory=list)
+    # Nats: the most KL to the reference (gen/kl_to_ref) a trial of a search may have (hparams_search=dpo_kl_budget).
+    # A trial over it, or over eval.max_fluency_drop, is infeasible: never the search's best. null = no budget.
+    kl_budget: float | None = None
 
 
 @dataclass

@@ -239,6 +239,12 @@ def _check_logger(cfg: DictConfig, problems: list[str]) -> None:
 
 def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
     _one_of(problems, "objective.mode", cfg.objective.mode, ("max", "min"))
+    budget = cfg.objective.get("kl_budget")
+    if budget is not None and not budget > 0:
+        problems.append(
+            f"objective.kl_budget={budget}: the most KL to the reference (nats, gen/kl_to_ref) a trial may have, a "
+            "number > 0 (e.g. objective.kl_budget=15), or null for no budget."
+        )
     if cfg.resume.max_requeues < 0:
         problems.append(f"resume.max_requeues={cfg.resume.max_requeues}: must be >= 0.")
 

@@ -1,4 +1,4 @@
-"""Hyperparameter search on Optuna 5 (`hparams_search=dpo_optuna`, `hparams_search=dpo_frontier`): our own sweeper.
+"""Hyperparameter search on Optuna 5 (`hparams_search=dpo_optuna`, `dpo_frontier`, `dpo_kl_budget`): our own sweeper.
 
 The driver (the process that runs `python -m dpo_sweeps -m hparams_search=...`, often a login node) asks Optuna for
 trials and keeps `n_jobs` of them in flight through the configured launcher (a process or a SLURM job per trial
@@ -15,6 +15,8 @@ it. Each trial's job attaches to its trial and reports its objective at every ev
     inflight    n_jobs trials in flight through any launcher: the next one started as soon as one ends
     liveness    a continued study's trials left RUNNING: waited for while their job runs, failed once it is gone
     retry       hydra.sweeper.retry_failed: failed trials rerun with their parameters; what counts toward n_trials
+    constraints a search under limits (objective.kl_budget, eval.max_fluency_drop): Optuna constraint values per
+                trial, feasibility, the study's stored limits
     corners     the checks before the first trial on the corners of the space (validation, objectives, GPU memory)
     trial       the job side: attach to the trial, the pruning TrainerCallback, TrialPruned (optuna and transformers
                 are imported only once a trial with a pruner runs, inside the job)

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.claim import describe as describe_holder
+from dpo_sweeps.search import constraints as constraints_mod
 from dpo_sweeps.search import corners, inflight, options
 from dpo_sweeps.search import liveness as trial_liveness
 from dpo_sweeps.search import retry as retry_mod
@@ -125,6 +126,13 @@ class OptunaSearch:
         except study_mod.StudyMismatchError as exc:
             raise _exit(str(exc)) from None
         stored = self.study.get_trials(deepcopy=False)
+        limits_problem = constraints_mod.mismatch(
+            self.study.user_attrs.get(constraints_mod.ATTR_LIMITS), s.constraints, len(stored)
+        )
+        if limits_problem:
+            raise _exit(f"the study {s.study_name!r} in {self.journal} cannot be continued: {limits_problem}")
+        if s.constraints:
+            self.study.set_user_attr(constraints_mod.ATTR_LIMITS, constraints_mod.limits(s.constraints))
         if stored and s.sampler.get("seed") is not None:
             # A continued study must not replay: the seeded sampler, started afresh, would propose this run's first
             # trials all over again (its random start-up draws). Seeded by the trials already stored, it stays
@@ -141,6 +149,11 @@ class OptunaSearch:
             s.n_jobs,
         )
         log.info("Retries: %s.", retry_mod.describe(s.retry_failed))
+        if s.constraints:
+            log.info(
+                "Limits: %s; a trial over either is infeasible, never the best.",
+                "; ".join(c.describe() for c in s.constraints),
+            )
         # Pinned in conf/hydra/sweeper/dpo_optuna.yaml (Optuna 5 changed TPE's defaults): the log says what ran.
         log.info("Sampler: %s", options.in_force(s.sampler, "tpe", options.SAMPLER_KEYS))
         ignored = settings_mod.ignored_sampler_settings(s.sampler)
@@ -196,7 +209,7 @@ class OptunaSearch:
                 trial.set_user_attr(study_mod.ATTR_OVERRIDES, overrides)
             entry = self._entry(trial, list(overrides))
             trial.set_user_attr(study_mod.ATTR_RUN_DIR, str(entry.run_dir))
-            result = study_mod.outcome(entry.run_dir, self.settings.objectives)
+            result = study_mod.outcome(entry.run_dir, self.settings.objectives, self.settings.constraints)
             mine = ((run_folder.read_status(entry.run_dir) or {}).get("trial") or {}).get("number") == frozen.number
             if result.state is not None and (result.state == TrialState.COMPLETE or mine):
                 study_mod.settle_folder(entry.run_dir, result)
@@ -233,7 +246,7 @@ class OptunaSearch:
         started = 0
 
         def finish(entry: Entry) -> None:
-            result = study_mod.outcome(entry.run_dir, s.objectives)
+            result = study_mod.outcome(entry.run_dir, s.objectives, s.constraints)
             if result.state is None:
                 result = study_mod.Outcome(
                     TrialState.FAIL, reason=f"the job ended without recording its outcome ({result.reason})"
@@ -294,7 +307,7 @@ class OptunaSearch:
             inflight.run(self.launcher, at_most, next_point, on_result)
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C, kill: the trials in flight must not stay RUNNING
             stopped = [*training.values(), *(e for same in waiting.values() for e in same)]
-            trial_liveness.fail_stopped(self.study, stopped, s.objectives)
+            trial_liveness.fail_stopped(self.study, stopped, s.objectives, s.constraints)
             raise
 
     def _log_trial(self, entry: Entry, result: study_mod.Outcome) -> None:
@@ -337,14 +350,18 @@ class OptunaSearch:
         import yaml
 
         objectives = self.settings.objectives
-        results = study_mod.results(self.study, objectives, self.journal)
+        constraints = self.settings.constraints
+        results = study_mod.results(self.study, objectives, self.journal, constraints)
         run_folder.write_text_atomic(self.sweep_dir / study_mod.RESULTS_FILE, yaml.safe_dump(results, sort_keys=False))
-        study_mod.write_trials_csv(self.sweep_dir, self.study, objectives)
+        study_mod.write_trials_csv(self.sweep_dir, self.study, objectives, constraints)
         pareto = study_mod.write_pareto_csv(self.sweep_dir, self.study, objectives)
         counts = ", ".join(f"{n} {state}" for state, n in results["trials_by_state"].items())
         best = ""
-        if "best_value" in results:
-            best = f"; best {objectives[0].metric}={results['best_value']:.4g} (trial {results['best_trial']})"
+        if results.get("no_feasible_trial"):
+            best = f"; {results['no_feasible_trial']}"
+        elif "best_value" in results:
+            within = " within the limits" if constraints else ""
+            best = f"; best {objectives[0].metric}={results['best_value']:.4g} (trial {results['best_trial']}{within})"
         elif "solutions" in results:
             best = f"; {len(results['solutions'])} Pareto-optimal trial(s) in {pareto}"
         print(

@@ -67,7 +67,7 @@ def hand_over_points(callbacks, entries: list) -> None:
     checked.points = [{"overrides": e.launch_overrides, "run_dir": str(e.run_dir), "skip": False} for e in entries]
 
 
-def fail_stopped(study, entries: list, objectives: list) -> None:
+def fail_stopped(study, entries: list, objectives: list, constraints: list = ()) -> None:
     """The search is being stopped (Ctrl-C, kill) while `entries` run: tell each trial what its folder says, and a
     trial whose job recorded no end (its launcher stopped it) FAIL, so the journal holds no RUNNING trial and the next
     run retries it (hydra.sweeper.retry_failed). A trial whose job still runs (SLURM) is left RUNNING: the next run
@@ -76,7 +76,7 @@ def fail_stopped(study, entries: list, objectives: list) -> None:
     from dpo_sweeps.search.compat import TrialState
 
     for entry in entries:
-        result = study_mod.outcome(entry.run_dir, objectives)
+        result = study_mod.outcome(entry.run_dir, objectives, constraints)
         if result.state is None:
             holder = claim_mod.read(entry.run_dir)
             if holder is not None and job_liveness.holder_alive(holder) is not False:

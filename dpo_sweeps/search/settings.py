@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dpo_sweeps.search import constraints as constraints_mod
 from dpo_sweeps.search.compat import optuna
 from dpo_sweeps.search.options import PRUNER_KEYS, SAMPLER_KEYS, section
 
@@ -103,6 +104,10 @@ class Settings:
     objectives: list[Objective] = field(default_factory=list)
     # Times a failed trial is run again with the same parameters (search/retry.py).
     retry_failed: int = 1
+    # Limits a trial must keep to count (objective.kl_budget, eval.max_fluency_drop: search/constraints.py).
+    constraints: list[constraints_mod.Constraint] = field(default_factory=list)
+    # The hparams_search preset chosen (None without one): dpo_kl_budget needs a budget.
+    preset: str | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -139,7 +144,14 @@ def from_sweeper(sweeper: dict[str, Any], cfg: DictConfig) -> Settings:
         params=dict(get("params") or {}),
         objectives=objectives(cfg),
         retry_failed=get("retry_failed", 1),
+        constraints=constraints_mod.from_config(cfg),
+        preset=_preset(cfg),
     )
+
+
+def _preset(cfg: DictConfig) -> str | None:
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    return None if choices is None else choices.get("hparams_search")
 
 
 # ------------------------------------------------------------------------------------------------- builders
@@ -198,6 +210,8 @@ def logged_metrics(cfg: DictConfig) -> dict[str, str]:
         if cfg.lora.enabled or not (cfg.ref_cache.enabled and reference_needed(cfg)):
             # The KL is estimated only from answers sampled from the model itself (eval/generation.py).
             when.update({m: "end" for m in (GEN_KL if float(cfg.eval.temperature) == 1.0 else GEN_LOGRATIO)})
+            # Fluency needs the reference only, in any regime (eval/generation.py).
+            when[constraints_mod.FLUENCY_METRIC] = "end"
     return when
 
 
@@ -210,7 +224,8 @@ def _scorer(cfg: DictConfig) -> str | None:
 def _metric_problem(key: str, metric: str, cfg: DictConfig, logged: dict[str, str]) -> str | None:
     if metric in logged or metric.startswith("data/"):
         return None
-    if metric in GEN_ALWAYS + GEN_SCORED + GEN_KL + GEN_LOGRATIO and cfg.eval.gen_prompts <= 0:
+    needs_ref = (*GEN_KL, constraints_mod.FLUENCY_METRIC)  # measured with the reference model in memory
+    if metric in GEN_ALWAYS + GEN_SCORED + GEN_LOGRATIO + needs_ref and cfg.eval.gen_prompts <= 0:
         return f"{key}={metric!r} comes from the generation eval, which is off (eval.gen_prompts=0): set eval.gen_prompts=8."
     if metric in GEN_SCORED:
         from dpo_sweeps.eval.scorers import resolve_scorer_name
@@ -222,10 +237,10 @@ def _metric_problem(key: str, metric: str, cfg: DictConfig, logged: dict[str, st
             f"eval.temperature={cfg.eval.temperature} the runs log gen/logratio_to_ref instead and every trial would "
             "fail. Set eval.temperature=1 (or drop the KL objective)."
         )
-    if metric in GEN_KL:
+    if metric in needs_ref:
         return (
-            f"{key}={metric!r}: full DPO with the reference cache keeps no reference model in memory, so the KL is "
-            "not measured: set ref_cache.enabled=false or use LoRA."
+            f"{key}={metric!r}: full DPO with the reference cache keeps no reference model in memory, so the KL "
+            "(and fluency under the reference) is not measured: set ref_cache.enabled=false or use LoRA."
         )
     if metric.startswith("initial_eval_"):
         return f"{key}={metric!r} needs training.eval_before_training=true."
@@ -275,8 +290,27 @@ def problems(s: Settings, cfg: DictConfig) -> list[str]:
     metrics = [t.metric for t in s.objectives]
     if len(set(metrics)) < len(metrics):
         out.append(f"objective: the same metric twice in {metrics}; each objective needs its own metric.")
+    out += _constraint_problems(s, cfg, logged)
     out += _sampler_problems(s)
     out += _pruner_problems(s, cfg, logged)
+    return out
+
+
+def _constraint_problems(s: Settings, cfg: DictConfig, logged: dict[str, str]) -> list[str]:
+    """A budget needs its metrics measured by every trial: the KL regime, a reference in memory, the generation eval."""
+    if s.preset == "dpo_kl_budget" and not s.constraints:
+        return [
+            "hparams_search=dpo_kl_budget needs objective.kl_budget=<nats>: the most KL to the reference "
+            "(gen/kl_to_ref) the best trial may have, e.g. objective.kl_budget=15 (measure a few points first: "
+            "hparams_search=dpo_frontier shows the whole reward-KL trade-off)."
+        ]
+    out = []
+    for c in s.constraints:
+        problem = _metric_problem("metric", c.metric, cfg, logged)
+        if problem is None:
+            continue
+        why = problem.removeprefix(f"metric={c.metric!r}").lstrip(": ")
+        out.append(f"{c.key}={c.limit:g} limits each trial's {c.metric}, and {why}")
     return out
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_sweeps.runs import folder as run_folder
+from dpo_sweeps.search import constraints as constraints_mod
 from dpo_sweeps.search.compat import (
     JournalFileBackend,
     JournalFileOpenLock,
@@ -87,6 +88,9 @@ class Outcome:
     reason: str = ""
     run_state: str = ""  # what status.json says
     retryable: bool = True  # False: the run failed on the user's config or data (the same settings fail again)
+    # A completed trial of a search under limits: the limits and what it measured (set on the trial by `tell`).
+    constraints: tuple[constraints_mod.Constraint, ...] = ()
+    measured: dict[str, float] | None = None
 
 
 def _finite(value: Any) -> float | None:
@@ -95,8 +99,11 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def outcome(run_dir: str | Path, objectives: list[Objective]) -> Outcome:
-    """What a trial's run folder says: COMPLETE with its objective values, PRUNED, FAIL with why, or unfinished."""
+def outcome(
+    run_dir: str | Path, objectives: list[Objective], constraints: list[constraints_mod.Constraint] = ()
+) -> Outcome:
+    """What a trial's run folder says: COMPLETE with its objective values (and the values of the limited metrics),
+    PRUNED, FAIL with why, or unfinished."""
     status = run_folder.read_status(run_dir) or {}
     state = status.get("state") or "missing"
     if state == run_folder.COMPLETED:
@@ -107,13 +114,18 @@ def outcome(run_dir: str | Path, objectives: list[Objective]) -> Outcome:
             values.append(value)
             if value is None:
                 missing.append(f"{term.metric}={metrics.get(term.metric)!r}")
+        # A limited metric that was not measured cannot show the trial within its limit: no result, not a feasible one.
+        measured, unmeasured = constraints_mod.measured(metrics, list(constraints))
+        missing += unmeasured
         if missing:
             return Outcome(
                 TrialState.FAIL,
                 reason=f"completed, but its metrics.json has no finite {', '.join(missing)}",
                 run_state=state,
             )
-        return Outcome(TrialState.COMPLETE, values=values, run_state=state)
+        return Outcome(
+            TrialState.COMPLETE, values=values, run_state=state, constraints=tuple(constraints), measured=measured
+        )
     if state == PRUNED:
         pruned = status.get("pruned") or {}
         return Outcome(
@@ -144,6 +156,8 @@ def tell(study: optuna.Study, trial: Trial, result: Outcome) -> None:
         trial.set_user_attr(ATTR_ERROR, result.reason[:500])
     if result.state == TrialState.FAIL and not result.retryable:
         trial.set_user_attr(ATTR_RETRYABLE, False)  # search/retry.py leaves it failed
+    if result.state == TrialState.COMPLETE and result.constraints and result.measured is not None:
+        constraints_mod.set_on(trial, result.measured, list(result.constraints))
     study.tell(trial, values=result.values, state=result.state, skip_if_finished=True)
 
 
@@ -190,13 +204,25 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     run_folder.write_text_atomic(path, buffer.getvalue())
 
 
-def write_trials_csv(sweep_dir: Path, study: optuna.Study, objectives: list[Objective]) -> Path:
+def write_trials_csv(sweep_dir: Path, study: optuna.Study, objectives: list[Objective], constraints: list = ()) -> Path:
+    """Every trial; a search under limits adds each limited metric's value and `feasible` (yes / no, with what it
+    exceeds; empty for a trial that did not complete)."""
     trials = study.get_trials(deepcopy=False)
     params = _param_columns(trials)
-    columns = ["trial", "state", *[o.metric for o in objectives], *params]
-    columns += ["last_step", "last_reported", "point", "run_dir", "error"]
+    limited = [c.metric for c in constraints if c.metric not in {o.metric for o in objectives}]
+    columns = ["trial", "state", *[o.metric for o in objectives], *limited, *(["feasible"] if constraints else [])]
+    columns += [*params, "last_step", "last_reported", "point", "run_dir", "error"]
+    rows = []
+    for t in trials:
+        row = _row(t, objectives, params)
+        if constraints and t.state == TrialState.COMPLETE:
+            measured = t.user_attrs.get(constraints_mod.ATTR_MEASURED) or {}
+            row.update({m: repr(float(measured[m])) for m in limited if m in measured})
+            over = constraints_mod.over(t, list(constraints))
+            row["feasible"] = "yes" if constraints_mod.feasible(t) else "no: " + "; ".join(over)
+        rows.append(row)
     path = Path(sweep_dir) / TRIALS_CSV
-    _write_csv(path, [_row(t, objectives, params) for t in trials], columns)
+    _write_csv(path, rows, columns)
     return path
 
 
@@ -216,8 +242,10 @@ def write_pareto_csv(sweep_dir: Path, study: optuna.Study, objectives: list[Obje
     return path
 
 
-def results(study: optuna.Study, objectives: list[Objective], journal: Path) -> dict[str, Any]:
-    """optimization_results.yaml's content (`best_params`/`best_value` as Hydra's Optuna sweeper wrote them)."""
+def results(study: optuna.Study, objectives: list[Objective], journal: Path, constraints: list = ()) -> dict[str, Any]:
+    """optimization_results.yaml's content (`best_params`/`best_value` as Hydra's Optuna sweeper wrote them). Under
+    limits the best is the best feasible trial (Optuna's own rule), the infeasible ones are listed with what they
+    exceed, and a search with none feasible says so instead of naming a best."""
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
@@ -231,6 +259,10 @@ def results(study: optuna.Study, objectives: list[Objective], journal: Path) -> 
         "trials_by_state": counts,
     }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if constraints:
+        out.update(_feasibility(complete, objectives, list(constraints)))
+        if not any(constraints_mod.feasible(t) for t in complete):
+            return out
     if not complete:
         return out
     if len(objectives) == 1:
@@ -251,4 +283,38 @@ def results(study: optuna.Study, objectives: list[Objective], journal: Path) -> 
             }
             for t in study.best_trials
         ]
+    return out
+
+
+def _feasibility(complete: list, objectives: list[Objective], constraints: list) -> dict[str, Any]:
+    """The limits, the infeasible trials with what each exceeds, the best trial over the limits (what the limits
+    cost), and `no_feasible_trial` (why no best is named) when no completed trial is within them."""
+    out: dict[str, Any] = {
+        "constraints": [{"metric": c.metric, "at_most": c.limit, "set_by": c.key} for c in constraints],
+        "feasible_trials": sum(constraints_mod.feasible(t) for t in complete),
+        "infeasible_trials": [
+            {"trial": t.number, "over": constraints_mod.over(t, constraints)}
+            for t in complete
+            if not constraints_mod.feasible(t)
+        ],
+    }
+    infeasible = [t for t in complete if not constraints_mod.feasible(t)]
+    if len(objectives) == 1 and infeasible:
+        sign = 1.0 if objectives[0].mode == "max" else -1.0
+        top = max(infeasible, key=lambda t: (sign * t.value, -t.number))
+        if not any(constraints_mod.feasible(t) and sign * t.value >= sign * top.value for t in complete):
+            out["best_over_limits"] = {
+                "trial": top.number,
+                "value": float(top.value),
+                "over": constraints_mod.over(top, constraints),
+            }
+    if complete and not out["feasible_trials"]:
+        closest = min(complete, key=lambda t: sum(max(0.0, v) for v in t.constraints.values()))
+        out["best_trial"] = None
+        out["no_feasible_trial"] = (
+            f"no feasible trial: all {len(complete)} completed trial(s) exceed a limit "
+            f"({'; '.join(c.describe() for c in constraints)}); the closest, trial {closest.number}, has "
+            f"{'; '.join(constraints_mod.over(closest, constraints))}. Raise the limit, or search where the policy "
+            "moves less (higher beta, lower learning rate, fewer steps)."
+        )
     return out

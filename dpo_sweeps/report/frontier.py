@@ -5,7 +5,9 @@ Every point is drawn, coloured by the first swept parameter (beta first); the Pa
 search's own front where there is one, else the points no other beats on both axes: less KL and a higher score) are
 ringed and named. A few points (<= `FEW`) also get their ± 1 standard error over prompts both ways and a name each,
 as the 3-point demo always had; with seeds swept, per-configuration means with 95% intervals over seeds are added
-while there are few configurations. What each panel shows goes into plots/plots.json.
+while there are few configurations. A search under limits (hparams_search=dpo_kl_budget) adds its KL budget as a
+vertical line and crosses out the points over a limit (the KL budget or eval.max_fluency_drop): those are never its
+best. What each panel shows goes into plots/plots.json.
 """
 
 from __future__ import annotations
@@ -72,11 +74,22 @@ def colours(plt, points: list[RunRecord], key: str | None):
     return [cmap(index[p.overrides.get(key, "-")] % cmap.N) for p in points], ("legend", cmap, categories)
 
 
+def over_limits(points: list[RunRecord], limits: dict[str, float]) -> set[str]:
+    """The points (names) whose measured value of a limited metric exceeds its limit."""
+    return {p.name for p in points for m, v in limits.items() if finite(p.value(m)) and p.value(m) > v}
+
+
 def plot_frontier(
-    plt, plots_dir: Path, points: list[RunRecord], swept: list[str], pareto: set[str] | None = None
+    plt,
+    plots_dir: Path,
+    points: list[RunRecord],
+    swept: list[str],
+    pareto: set[str] | None = None,
+    limits: dict[str, float] | None = None,
 ) -> dict[str, Any] | None:
     """Score / win rate against KL to the reference, one dot per point (see the module docstring).
     `pareto`: the point folders a multi-objective search found Pareto-optimal (ringed, listed in the manifest).
+    `limits`: {metric: most allowed} of a search under limits (the budget line; points over a limit crossed out).
     None when no point ran the generation eval at all (eval.gen_prompts=0, or older runs)."""
     if not any(k.startswith("gen/") for p in points for k in p.metrics):
         return None
@@ -97,6 +110,11 @@ def plot_frontier(
     groups = group_by_config(have, swept) if with_seeds else {}
     colour_key = next((k for k in swept if k != SEED_KEY), None)
     entry["colour"] = colour_key
+    limits = limits or {}
+    infeasible = over_limits(have, limits)
+    if limits:
+        entry["limits"] = dict(limits)
+        entry["infeasible"] = sorted(infeasible)
     fig, axes = plt.subplots(1, len(FRONTIER_PANELS), figsize=(6.5 * len(FRONTIER_PANELS), 4.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], FRONTIER_PANELS, strict=True):
         panel: dict[str, Any] = {"y": key, "points": [], "configs": []}
@@ -118,6 +136,13 @@ def plot_frontier(
         ax.scatter([x for x, _, _ in ring], [y for _, y, _ in ring], s=170 if len(ring) <= 30 else 60,
                    facecolors="none", edgecolors="red", linewidths=1.5 if len(ring) <= 30 else 0.8, zorder=4,
                    label=what + (f", {MAX_NAMED} named" if not few and len(ring) > MAX_NAMED else ""))  # fmt: skip
+        if x_key in limits:
+            ax.axvline(limits[x_key], color="black", linestyle="--", linewidth=1,
+                       label=f"KL budget {limits[x_key]:g} nats (objective.kl_budget)")  # fmt: skip
+        crossed = [(x, y) for x, y, p in xy if p.name in infeasible]
+        if crossed:
+            ax.scatter([x for x, _ in crossed], [y for _, y in crossed], marker="x", s=90, color="black", zorder=5,
+                       label=f"over a limit (infeasible): {len(crossed)}")  # fmt: skip
         panel["pareto"] = sorted(p.name for p in front)
         # Few points: all named. Else Pareto points evenly spread along the front, so that the names do not pile up.
         named = (

@@ -28,7 +28,7 @@ from dpo_sweeps.report.points import (
 )
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord, finite
-from dpo_sweeps.search.files import PARETO_CSV
+from dpo_sweeps.search.files import PARETO_CSV, RESULTS_FILE
 
 # Lines per panel of metric_vs_<param>.png at most; past it the points are dots coloured by the next parameter.
 MAX_SERIES = 6
@@ -66,7 +66,9 @@ def write_plots(
 
     for entry in [
         plot_curves(plt, plots_dir, points, swept),
-        frontier.plot_frontier(plt, plots_dir, points, swept, pareto=_pareto_points(plots_dir.parent)),
+        frontier.plot_frontier(
+            plt, plots_dir, points, swept, pareto=_pareto_points(plots_dir.parent), limits=_limits(plots_dir.parent)
+        ),
         plot_heatmap(plt, plots_dir, points, swept, metric, mode),
         *seeds.plot_means_vs_param(plt, plots_dir, points, swept, metric),
     ]:
@@ -90,6 +92,18 @@ def _pareto_points(sweep_dir: Path) -> set[str] | None:
         return None
     with open(path, newline="") as f:
         return {row["point"] for row in csv.DictReader(f) if row.get("point")}
+
+
+def _limits(sweep_dir: Path) -> dict[str, float] | None:
+    """{metric: limit} of a search under limits (its optimization_results.yaml `constraints`), None otherwise."""
+    import yaml
+
+    try:
+        results = yaml.safe_load((sweep_dir / RESULTS_FILE).read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return None
+    terms = results.get("constraints") if isinstance(results, dict) else None
+    return {str(c["metric"]): float(c["at_most"]) for c in terms or []} or None
 
 
 def _remove_previous_plots(plots_dir: Path) -> None:

@@ -21,6 +21,8 @@ import math
 import os
 import socket
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,20 @@ def read_sweep_points(sweep_dir: str | os.PathLike) -> list[dict] | None:
         return json.loads((Path(sweep_dir) / SWEEP_POINTS_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+# A search's driver (new trials, their states) and its launcher's threads (each trial's SLURM task id) both rewrite
+# sweep_points.json from what they read: without one lock, one of them writes back a list without the other's change.
+_SWEEP_POINTS_LOCK = threading.Lock()
+
+
+def update_sweep_points(sweep_dir: str | os.PathLike, change: Callable[[list[dict] | None], list[dict] | None]) -> None:
+    """Read sweep_points.json, let `change` return the new list (None: leave the file), write it: one writer at a time
+    in this process."""
+    with _SWEEP_POINTS_LOCK:
+        points = change(read_sweep_points(sweep_dir))
+        if points is not None:
+            write_json_atomic(Path(sweep_dir) / SWEEP_POINTS_FILE, points)
 
 
 def slurm_ids() -> dict[str, str]:

@@ -322,7 +322,11 @@ class OptunaSearch:
     def _write_points(self) -> None:
         """sweep_points.json: every trial of the study in number order (what `dpo_sweeps.status` and the end-of-sweep
         summary list), each SLURM task id the launcher recorded kept."""
-        previous = {p.get("trial"): p for p in run_folder.read_sweep_points(self.sweep_dir) or []}
+        # Under the file's lock: the launcher's threads record task ids in it meanwhile (runs/folder.py).
+        run_folder.update_sweep_points(self.sweep_dir, self._points)
+
+    def _points(self, stored: list[dict] | None) -> list[dict]:
+        previous = {p.get("trial"): p for p in stored or []}
         current = self.entries
         points = []
         trials = self.study.get_trials(deepcopy=False)
@@ -344,7 +348,7 @@ class OptunaSearch:
             point.setdefault("overrides", list(frozen.user_attrs.get(study_mod.ATTR_OVERRIDES) or []))
             point["state"] = (run_folder.read_status(run_dir) or {}).get("state")
             points.append(point)
-        run_folder.write_json_atomic(self.sweep_dir / run_folder.SWEEP_POINTS_FILE, points)
+        return points
 
     def _write_results(self) -> None:
         import yaml

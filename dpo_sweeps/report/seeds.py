@@ -7,7 +7,8 @@ Called from `sweep_report.py` and `plots.py` (summary.csv, summary.md, plots/); 
     summary_by_config.csv         when `seed` is swept: one row per configuration (every override except seed) with
                                   `n` (points with the objective), `seeds`, the seeds that failed, are unfinished or
                                   missing, and for each headline metric `<metric>_mean`, `<metric>_ci95` and
-                                  `<metric>_n` (the points it averages: a metric missing from a point counts less)
+                                  `<metric>_n` (the points it averages: a metric missing from a point counts less);
+                                  with seed racing, `seeds_skipped_by_racing` and `raced_out` (the decision in words)
     plots/<metric>_by_<param>_mean.png   the headline metrics against each swept parameter, mean over seeds, with
                                   95% error bars
 
@@ -35,6 +36,7 @@ from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord, finite
 
 BY_CONFIG_CSV = "summary_by_config.csv"
+SKIPPED = run_folder.SKIPPED_BY_RACING
 SEED_KEY = "seed"
 # Metrics aggregated over seeds (the objective is added when it is another one).
 HEADLINE_METRICS = (
@@ -103,9 +105,13 @@ def aggregate(points: list[RunRecord], swept: list[str], metric: str) -> list[di
         row["seeds"] = " ".join(seeds)
         row["seeds_failed"] = " ".join(_seed(p) for p in group if p.state == run_folder.FAILED)
         row["seeds_unfinished"] = " ".join(
-            _seed(p) for p in group if p.state not in (run_folder.FAILED, run_folder.COMPLETED)
+            _seed(p) for p in group if p.state not in (run_folder.FAILED, run_folder.COMPLETED, SKIPPED)
         )
         row["seeds_missing"] = " ".join(s for s in every_seed if s not in seeds)
+        # Seed racing (sweep/racing.py): the seeds it did not train, and why, in the skipped seeds' status.json.
+        skipped = [p for p in group if p.state == SKIPPED]
+        row["seeds_skipped_by_racing"] = " ".join(_seed(p) for p in skipped)
+        row["raced_out"] = str(skipped[0].status.get("reason") or "raced out") if skipped else ""
         for key in headline_metrics(metric):
             values = [p.value(key) for p in group if finite(p.value(key))]
             mean, ci = mean_ci95(values)
@@ -118,7 +124,12 @@ def not_counted(row: dict[str, Any]) -> str:
     """The seeds a configuration's means leave out, in words ("" when none)."""
     parts = [
         f"seed {' '.join(row[key].split())} {what}"
-        for key, what in (("seeds_failed", "failed"), ("seeds_unfinished", "unfinished"), ("seeds_missing", "missing"))
+        for key, what in (
+            ("seeds_failed", "failed"),
+            ("seeds_unfinished", "unfinished"),
+            ("seeds_missing", "missing"),
+            ("seeds_skipped_by_racing", "skipped by racing"),
+        )
         if row.get(key)
     ]
     return "; ".join(parts)
@@ -149,14 +160,25 @@ def markdown_section(rows: list[dict[str, Any]], metric: str) -> str:
         "|" + "---|" * (4 + len(shown)),
     ]
     for r in rows:
-        cells = [r["config"], str(r["n"]), r["seeds"], not_counted(r) or "-"]
+        raced = f" (raced out after wave {_wave(r['raced_out'])})" if r.get("raced_out") else ""
+        cells = [r["config"] + raced, str(r["n"]), r["seeds"], not_counted(r) or "-"]
         for m in shown:
             mean, ci, n = r.get(f"{m}_mean"), r.get(f"{m}_ci95"), r.get(f"{m}_n")
             cells.append(
                 fmt(mean) + (f" ± {fmt(ci, 2)}" if ci is not None else "") + (f" (n={n})" if n != r["n"] else "")
             )
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
+    out = [r for r in rows if r.get("raced_out")]
+    if out:
+        lines += ["", "Raced out (seed racing: their remaining seeds were not trained, see their status.json):", ""]
+        lines += [f"- {md_cell(r['config'])}: {md_cell(r['raced_out'])}" for r in out]
     return "\n".join(lines) + "\n"
+
+
+def _wave(reason: str) -> str:
+    """The wave in a racing reason ("raced out after wave 2: ..."), else "?"."""
+    words = reason.split(":", 1)[0].split()
+    return words[-1] if words and words[-1].isdigit() else "?"
 
 
 # ------------------------------------------------------------------------------------------------ plots

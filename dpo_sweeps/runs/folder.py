@@ -1,7 +1,7 @@
 """The run folder: what every sweep point leaves on disk, independent of W&B.
 
     config.yaml      the resolved config (no ${...} left)
-    status.json      state (running/completed/failed/cancelled/requeued/pruned), times, host, overrides, SLURM ids, error + traceback
+    status.json      state (running/completed/failed/cancelled/requeued/pruned/skipped_by_racing), times, host, overrides, SLURM ids, error + traceback
     metrics.jsonl    one JSON object per logged step (train and eval), appended as training goes
     progress.json    while training: step / max_steps, last loss and reward accuracy, times (for `dpo_sweeps.status`)
     metrics.json     the final metrics: eval_* (after training), initial_eval_* (before), train_*, data/*, ref_cache
@@ -41,6 +41,9 @@ RUNNING, COMPLETED, FAILED, REQUEUED = "running", "completed", "failed", "requeu
 PRUNED = "pruned"
 # A point whose SLURM task was cancelled (scancel, an admin) before it recorded an end: not a failure of the run.
 CANCELLED = "cancelled"
+# A seed of a grid sweep that seed racing decided not to train (dpo_sweeps/sweep/racing.py): its configuration was
+# clearly worse than the best after the seeds run so far. Finished, not an error; nothing but status.json is written.
+SKIPPED_BY_RACING = "skipped_by_racing"
 
 
 def now_iso() -> str:

@@ -18,6 +18,7 @@ from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs import reading
 from dpo_sweeps.search.files import TRIALS_CSV
 from dpo_sweeps.slurm.handoff import CheckedSweep
+from dpo_sweeps.sweep import racing
 from dpo_sweeps.sweep.inputs import check_run
 from dpo_sweeps.sweep.preflight import preflight
 from dpo_sweeps.sweep.watcher import SweepWatcher
@@ -29,14 +30,16 @@ log = logging.getLogger(__name__)
 ORDER = (
     run_folder.COMPLETED,
     run_folder.PRUNED,
+    run_folder.SKIPPED_BY_RACING,
     run_folder.FAILED,
     run_folder.CANCELLED,
     run_folder.REQUEUED,
     run_folder.RUNNING,
     "missing",
 )
-# Finished, and not an error: a trial stopped by the search's pruner did what it was asked.
-DONE = (run_folder.COMPLETED, run_folder.PRUNED)
+# Finished, and not an error: a trial stopped by the search's pruner did what it was asked, and so did a seed that
+# seed racing decided not to train (sweep/racing.py).
+DONE = (run_folder.COMPLETED, run_folder.PRUNED, run_folder.SKIPPED_BY_RACING)
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -103,6 +106,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # First, before any folder is resolved: every job names its folder after what varies across this sweep.
         naming.remember_sweep(config.get("name"), list(config.hydra.overrides.task))
+        racing.check(config)  # a racing sweep that cannot race is refused before anything is composed or run
         self.handoff = _checked_or_exit(config)
         skipped = sum(1 for p in self.handoff.points if p["skip"])
         if skipped:

@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.slurm import attach, handoff, liveness
+from dpo_sweeps.sweep import racing
 from dpo_sweeps.train.cluster import POINTS_AT_ONCE_ENV, available_cores
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,13 @@ class SequentialLauncher(BasicLauncher):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        if racing.enabled(self.config):  # the seeds in waves, each launched as a sweep of its own (sweep/racing.py)
+            known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
+            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, self._launch_batch, known)
+        return self._launch_batch(job_overrides, initial_job_idx)
+
+    def _launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As Hydra's, except that a point whose folder a live job of another invocation holds is waited for and
         its result taken from its folder, not run a second time here (the job would refuse the folder)."""
         assert self.config is not None
@@ -205,6 +213,13 @@ class ParallelLocalLauncher(LocalLauncher):
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        if racing.enabled(self.config):  # the seeds in waves, each launched as a sweep of its own (sweep/racing.py)
+            known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
+            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, self._launch_batch, known)
+        return self._launch_batch(job_overrides, initial_job_idx)
+
+    def _launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Completed points (the pre-launch check read their status.json) start no process: their result is known.
         done = {tuple(p["overrides"]): p["run_dir"] for p in (self.handoff.points if self.handoff else []) if p["skip"]}
         results: list[JobReturn | None] = [

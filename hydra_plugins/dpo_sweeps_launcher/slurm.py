@@ -24,7 +24,17 @@ ConfigStore.instance().store(
 # After the schema: importing the launcher checks the submitit internals it uses (slurm/submitit_compat.py) and fails
 # on a changed submitit; with the schema stored, a sweep still composes and the pre-launch check says why, cleanly.
 from dpo_sweeps.slurm.launcher import SweepSlurmLauncher as _Launcher  # noqa: E402
+from dpo_sweeps.sweep import racing  # noqa: E402
 
 
 class SlurmLauncher(_Launcher):
-    """Registered under this module's name (Hydra requires `hydra_plugins.`); see dpo_sweeps.slurm.launcher."""
+    """Registered under this module's name (Hydra requires `hydra_plugins.`); see dpo_sweeps.slurm.launcher. Seed
+    racing is hooked in here because it lives in the sweep stage, which the slurm stage may not import."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        if self.config is not None and racing.enabled(self.config):
+            # Each wave is one submission (one array) that is waited for before the next is decided.
+            checked = getattr(self, "handoff", None)
+            known = {tuple(p["overrides"]): p for p in (checked.points if checked else [])}
+            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, super().launch, known)
+        return super().launch(job_overrides, initial_job_idx)

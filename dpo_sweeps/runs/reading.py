@@ -84,8 +84,14 @@ def parse_time(value: Any) -> _dt.datetime | None:
         return None
 
 
+# Overrides that steer how a sweep runs its points, not what a point trains: a seed retrained with
+# racing.enabled=false after a raced sweep is the same configuration, not a new value of a swept parameter.
+NOT_A_PARAMETER = ("racing.",)
+
+
 def parse_overrides(overrides: list[str] | None) -> dict[str, str]:
-    """`["beta=0.1", "+lora.r=8", "~logger"]` -> `{"beta": "0.1", "lora.r": "8", "logger": "<deleted>"}`."""
+    """`["beta=0.1", "+lora.r=8", "~logger"]` -> `{"beta": "0.1", "lora.r": "8", "logger": "<deleted>"}` (without the
+    `NOT_A_PARAMETER` keys)."""
     out: dict[str, str] = {}
     for item in overrides or []:
         item = str(item)
@@ -93,7 +99,8 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, str]:
             key, value = item.split("=", 1)
         else:
             key, value = item, "<deleted>" if item.startswith("~") else ""
-        out[key.lstrip("+~")] = value
+        if not key.lstrip("+~").startswith(NOT_A_PARAMETER):
+            out[key.lstrip("+~")] = value
     return out
 
 

@@ -160,6 +160,9 @@ def run_sweep_point(cfg: DictConfig) -> float:
         error=None,
         traceback=None,
         dead_rank=None,
+        # A seed an earlier racing sweep skipped, trained now (rerun=true, racing.enabled=false): no stale decision.
+        racing=None,
+        reason=None,
         # What ranks the points, where readers find it without parsing config.yaml (runs/reading.py).
         objective={"metric": cfg.objective.metric, "mode": cfg.objective.mode},
         **trial_job.status_fields(),

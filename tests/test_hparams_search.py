@@ -188,7 +188,7 @@ def test_a_search_space_that_does_not_compose_is_refused_before_any_trial(tmp_pa
 @pytest.mark.slow
 def test_three_trial_search_finds_the_best_trial(tmp_path):
     sweep_dir = tmp_path / "search"
-    run_cli(
+    proc = run_cli(
         [
             "-m",
             "hparams_search=dpo_optuna",
@@ -214,11 +214,21 @@ def test_three_trial_search_finds_the_best_trial(tmp_path):
         objectives.append(read_json(point / run_folder.METRICS_FILE)["eval_rewards/margins"])
     results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
     assert results["best_value"] == max(objectives) and results["trials_by_state"] == {"complete": 3}
-    best = [p for p in points if f"beta={results['best_params']['beta']}," in p.name]
+    best = [p for p in points if read_json(p / run_folder.STATUS_FILE)["trial"]["number"] == results["best_trial"]]
     assert len(best) == 1 and objectives[points.index(best[0])] == max(objectives)
     stored = stored_trials(sweep_dir)
     assert [t.state for t in stored] == [TrialState.COMPLETE] * 3
     assert {Path(t.user_attrs["run_dir"]).name for t in stored} == {p.name for p in points}
+    # What a person sees (issue 26): folders named by trial number and rounded values, trial n of n_trials on the
+    # console, none of the driver's internal overrides.
+    for t in stored:
+        name = Path(t.user_attrs["run_dir"]).name
+        beta, lr = (f"{t.params[k]:.3g}" for k in ("beta", "training.learning_rate"))
+        assert name == f"trial_{t.number:03d}-beta={beta},loss={t.params['loss']},lr={lr}", name
+    out = proc.stdout + proc.stderr
+    counters = re.findall(r"^\[(\d+)/(\d+)\] trial_", proc.stdout, re.MULTILINE)
+    assert sorted(set(counters)) == [("1", "3"), ("2", "3"), ("3", "3")], out[-3000:]
+    assert "DPO_SWEEPS_TRIAL" not in out and "hydra.sweep.subdir" not in out, out[-3000:]
 
 
 @pytest.mark.slow
@@ -259,6 +269,38 @@ def test_a_failed_trial_does_not_end_the_search(tmp_path):
     status = read_json(Path(fail.user_attrs[study.ATTR_RUN_DIR]) / "status.json")
     assert status["state"] == "failed" and "no finite objective" in status["error"], status
     assert re.search(r"^\s+failed\s+\S+\s+\(no finite objective", out, re.M), out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_search_started_with_folders_named_by_overrides_keeps_finding_them(tmp_path):
+    """A study on disk from before trial folders were numbered (issue 26): its trial 0 failed in `beta=0.1/`. Run
+    again, its retry (same parameters) resumes in that folder, not in a new `trial_...` one, and the driver says why
+    the names stay as they were."""
+    sweep_dir = tmp_path / "search"
+    args = ["-m", "hparams_search=dpo_optuna", *FAST, *NO_GEN, "hydra.sweeper.n_trials=1", "beta=choice(0.1, 0.3)"]
+    args += ["loss=sigmoid", "training.learning_rate=0.005", f"hydra.sweep.dir={sweep_dir}"]
+    params = compose_config(["hparams_search=dpo_optuna"], return_hydra_config=True).hydra.sweeper.params
+    searched = space.parse(dict(params), args[-4:-1])
+    old = study.open_study(
+        study.journal_path(None, sweep_dir), "dpo_sweeps", ["maximize"], settings.sampler({"type": "random"}), None
+    )
+    old.enqueue_trial({"beta": 0.1})
+    trial = old.ask(searched.distributions)
+    old_dir = sweep_dir / "beta=0.1"
+    trial.set_user_attr(study.ATTR_OVERRIDES, searched.overrides(trial.params))
+    trial.set_user_attr(study.ATTR_RUN_DIR, str(old_dir))
+    old_dir.mkdir(parents=True)
+    run_folder.write_json_atomic(old_dir / run_folder.STATUS_FILE, {"state": "failed", "error": "OSError: disk"})
+    study.tell(old, trial, study.Outcome(TrialState.FAIL, reason="OSError: disk"))
+
+    proc = run_cli(args)
+    out = proc.stdout + proc.stderr
+    assert "Trial folders: named by their overrides, as this study's first trials were" in out, out[-3000:]
+    assert "Trial 1 retries failed trial 0 with the same parameters" in out, out[-3000:]
+    assert [p.name for p in run_dirs(sweep_dir)] == ["beta=0.1"]
+    status = read_json(old_dir / run_folder.STATUS_FILE)
+    assert status["state"] == run_folder.COMPLETED and status["trial"]["number"] == 1
+    assert [Path(t.user_attrs["run_dir"]).name for t in stored_trials(sweep_dir)] == ["beta=0.1", "beta=0.1"]
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

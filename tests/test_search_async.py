@@ -3,6 +3,7 @@ started as soon as one ends, instead of a batch that waits for its slowest trial
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
@@ -70,6 +71,10 @@ def test_a_trial_that_ends_early_is_followed_at_once_not_after_its_batch_mate(tm
     assert _at(short, "ended_at") <= _at(next_, "started_at") < _at(long, "ended_at"), (short, long, next_)
     results = yaml.safe_load((sweep_dir / study.RESULTS_FILE).read_text())
     assert results["trials_by_state"] == {"complete": 3}
+    # The submitting console's watcher (issue 26): trial n of n_trials, none of the driver's internal overrides.
+    counters = re.findall(r"^\[\d+/(\d+)\] trial_\d{3}-beta=", proc.stdout, re.MULTILINE)
+    assert counters and set(counters) == {"3"}, proc.stdout[-3000:]
+    assert "DPO_SWEEPS_TRIAL" not in proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------ corner checks

@@ -86,11 +86,20 @@ def sweep_dirname(name: str | None, overrides: list[str] | None, job_num: int | 
     return _sweep_identity(name, overrides)["dirname"]
 
 
-def sweep_subdirname(overrides: list[str] | None) -> str:
-    """A point's folder inside its sweep: the overrides that vary across the sweep (`beta=0.1`), the shared ones
-    being in the sweep folder's name already. Compared by key: Hydra re-renders values in the jobs (false -> False)."""
+def varying_overrides(overrides: list[str] | None) -> list[str]:
+    """The overrides that vary across the sweep (`beta=0.1`), the shared ones being in the sweep folder's name
+    already. Compared by key: Hydra re-renders values in the jobs (false -> False)."""
     fixed = {_key(o) for o in json.loads(os.environ.get(SWEEP_ENV) or "{}").get("fixed", [])}
-    return run_dirname([o for o in (overrides or []) if _key(o) not in fixed])
+    return [o for o in (overrides or []) if _key(o) not in fixed]
+
+
+def sweep_subdirname(overrides: list[str] | None) -> str:
+    """A point's folder inside its sweep: the overrides that vary across the sweep (`varying_overrides`)."""
+    return run_dirname(varying_overrides(overrides))
+
+
+# For other namers of folders (a search's trial folders, search/folders.py).
+override_key, safe_name = _key, _safe
 
 
 def override_dirname(cfg: DictConfig, parsed: list[Any]) -> str:

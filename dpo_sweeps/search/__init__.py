@@ -14,6 +14,7 @@ it. Each trial's job attaches to its trial and reports its objective at every ev
     driver      the ask -> start -> tell loop, continuing a stored study (what `hydra_plugins/dpo_sweeps_sweeper` runs)
     inflight    n_jobs trials in flight through any launcher: the next one started as soon as one ends
     liveness    a continued study's trials left RUNNING: waited for while their job runs, failed once it is gone
+    folders     trial folders a person can read (trial_007-beta=0.0561,lr=0.00143), stable across a continued study
     retry       hydra.sweeper.retry_failed: failed trials rerun with their parameters; what counts toward n_trials
     constraints a search under limits (objective.kl_budget, eval.max_fluency_drop): Optuna constraint values per
                 trial, feasibility, the study's stored limits

@@ -12,7 +12,7 @@ Started again after it died (same command, same sweep folder), it continues the 
 - failed trials are retried with the same parameters (`hydra.sweeper.retry_failed`, `search/retry.py`) before new
   trials are asked for, until `n_trials` trials count (a retried failure is replaced by its retry).
 
-A trial whose parameters equal an earlier trial's lands in the same run folder (folders are named by overrides): when
+A trial whose parameters equal an earlier trial's lands in the same run folder (`search/folders.py`): when
 that folder is complete the trial is told its values without training again; when a trial is training in it, the new
 trial waits for that one and is told the same outcome (the folder trains once).
 """
@@ -34,7 +34,7 @@ from dpo_sweeps.config import naming
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.claim import describe as describe_holder
 from dpo_sweeps.search import constraints as constraints_mod
-from dpo_sweeps.search import corners, inflight, options
+from dpo_sweeps.search import corners, folders, inflight, options
 from dpo_sweeps.search import liveness as trial_liveness
 from dpo_sweeps.search import retry as retry_mod
 from dpo_sweeps.search import settings as settings_mod
@@ -52,9 +52,11 @@ BATCHES_ENV = "DPO_SWEEPS_SEARCH_BATCHES"
 @dataclass
 class Entry:
     trial: Trial
-    overrides: list[str]  # the point's overrides (what names its folder)
+    overrides: list[str]  # the point's overrides (the trial's parameters)
     run_dir: Path
     point_dir: str  # the run folder as sweep_points.json records it (relative to where the search started)
+    subdir: str | None = None  # the folder's name, when the job must be told it (search/folders.py)
+    declared: bool = True  # hydra.job.env_set declares ENV_TRIAL (conf/config.yaml): set without `++`
 
     @property
     def number(self) -> int:
@@ -62,8 +64,13 @@ class Entry:
 
     @property
     def launch_overrides(self) -> list[str]:
-        """The overrides plus the trial's number for the job (a hydra.* override: not part of the folder name)."""
-        return [*self.overrides, f"++hydra.job.env_set.{ENV_TRIAL}={self.number}"]
+        """The overrides plus, for the job, its trial number and its folder: `hydra.` overrides, which name no folder
+        and which Hydra's launchers (and ours) leave off the lines they print."""
+        trial = f"hydra.job.env_set.{ENV_TRIAL}={self.number}"
+        extra = [trial if self.declared else f"++{trial}"]
+        if self.subdir is not None:
+            extra.append(folders.subdir_override(self.subdir))
+        return [*self.overrides, *extra]
 
 
 def _exit(message: str) -> SystemExit:
@@ -163,6 +170,13 @@ class OptunaSearch:
                 s.sampler.get("type") or "tpe",
                 ", ".join(ignored),
             )
+        self.folder_scheme = folders.scheme(self.study)
+        if self.folder_scheme == folders.BY_OVERRIDES and not naming.custom_subdir(self.config):
+            log.info(
+                "Trial folders: named by their overrides, as this study's first trials were (it was started before "
+                "trial folders were named %s<number>-<parameters>).",
+                folders.PREFIX,
+            )
         pending = self._reconcile(stored)
         self._run_trials(pending)
         self._write_results()
@@ -176,15 +190,26 @@ class OptunaSearch:
         for line in report.lines:
             log.debug("%s", line)
 
-    def _entry(self, trial: Trial, overrides: list[str]) -> Entry:
+    def _entry(self, trial: Trial, overrides: list[str], recorded: str | None = None) -> Entry:
+        """The trial's folder: `recorded` (its run_dir in the study, for a trial asked before), else named now."""
+        declared = ENV_TRIAL in (self.config.hydra.job.get("env_set") or {})
         if naming.custom_subdir(self.config):
             # hydra.sweep.subdir=p_${hydra.job.num}, ${hydra.job.override_dirname}, ...: named as the trial's job will
             # name it (its job number is its trial number, see _run_trials).
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             point_dir = naming.point_run_dir(self.config, cfg, trial.number)
-            return Entry(trial, overrides, Path(point_dir).absolute(), point_dir)
-        name = naming.sweep_subdirname(overrides)
-        return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name))
+            return Entry(trial, overrides, Path(point_dir).absolute(), point_dir, declared=declared)
+        subdir = None
+        if recorded:
+            name = Path(recorded).name
+            subdir = name if self.folder_scheme == folders.NUMBERED else None
+        elif self.folder_scheme == folders.NUMBERED:
+            trials = self.study.get_trials(deepcopy=False)
+            name = folders.earlier_folder(trials, trial.number, overrides) or folders.readable(trial.number, overrides)
+            subdir = name
+        else:  # a study started before trial folders were numbered: as its first trials were named
+            name = naming.sweep_subdirname(overrides)
+        return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name), subdir, declared)
 
     def _ask(self) -> Entry:
         retried = retry_mod.enqueue_next(self.study, self.settings.retry_failed)  # failed trials first
@@ -207,7 +232,7 @@ class OptunaSearch:
             if overrides is None:  # asked but never launched (the driver died in between): it has no folder
                 overrides = self.space.overrides({k: frozen.params[k] for k in self.space.distributions})
                 trial.set_user_attr(study_mod.ATTR_OVERRIDES, overrides)
-            entry = self._entry(trial, list(overrides))
+            entry = self._entry(trial, list(overrides), frozen.user_attrs.get(study_mod.ATTR_RUN_DIR))
             trial.set_user_attr(study_mod.ATTR_RUN_DIR, str(entry.run_dir))
             result = study_mod.outcome(entry.run_dir, self.settings.objectives, self.settings.constraints)
             mine = ((run_folder.read_status(entry.run_dir) or {}).get("trial") or {}).get("number") == frozen.number

@@ -2,8 +2,8 @@
 before any new trial is asked for, and what counts toward `n_trials`.
 
 A retry is a new trial (Optuna's `study.enqueue_trial` with the failed trial's parameters; `ask()` takes enqueued
-trials first) whose user attribute `retry_of` names the trial it retries. Its run folder is the failed trial's (folders
-are named by the parameters), so it resumes from the last complete checkpoint there.
+trials first) whose user attribute `retry_of` names the trial it retries. Its run folder is the failed trial's (a trial
+with an earlier trial's parameters gets its folder: `folders.py`), so it resumes from the last complete checkpoint there.
 
 Not retried: a trial whose run failed on the user's config or data (a ConfigError, a bad data row): the same
 parameters fail the same way, and it counts toward `n_trials` as the result for its parameters.

@@ -89,6 +89,19 @@ def from_environment(run_dir: Path, metric: str) -> TrialContext | None:
     return _CURRENT
 
 
+def counter(run_dir: Path, points: list[dict], num: int | None) -> tuple[int | None, int | None]:
+    """(index, total) of a sweep point's `[n/N]` line: a grid's job number of its points; a search trial's place
+    among the search's parameter sets (sweep_points.json, which lists a retry in the place of the trial it retries) of
+    `n_trials`. The list grows a trial at a time: its length alone would say [1/1], [2/2], [3/3]."""
+    total = len(points) or None
+    if _CURRENT is None:
+        return num, total
+    names = [Path(str(p.get("run_dir") or "")).name for p in points]
+    index = names.index(run_dir.name) if run_dir.name in names else num
+    n_trials = _sweeper_setting("n_trials")
+    return index, max(total or 0, n_trials) if isinstance(n_trials, int) else total
+
+
 def _pruner_spec() -> dict[str, Any]:
     from dpo_sweeps.search.options import section
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.config import naming
 from dpo_sweeps.console import quiet_submitter
@@ -122,7 +122,10 @@ class SweepSummary(Callback):
             # leaves the asking to the watcher; a local one has no SLURM to ask.
             ours = target.startswith("hydra_plugins.dpo_sweeps_launcher.slurm")
             self.watcher = SweepWatcher(
-                Path(str(config.hydra.sweep.dir)), fed=ours, query_slurm=not ours and "Slurm" in target
+                Path(str(config.hydra.sweep.dir)),
+                fed=ours,
+                query_slurm=not ours and "Slurm" in target,
+                expected=OmegaConf.select(config, "hydra.sweeper.n_trials", default=None),  # a search's trials
             ).start()
             if ours:
                 self.handoff.on_task_states = self.watcher.feed

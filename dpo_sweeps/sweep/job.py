@@ -54,8 +54,8 @@ def _announce(multirun: bool, hydra_cfg, run_dir: Path, event: str, detail: str 
     """A sweep's one line per point as it starts and ends (in the job's own output: the console with the in-process
     launcher, the point's log otherwise)."""
     if multirun and cluster.is_main_process():
-        total = len(run_folder.read_sweep_points(run_dir.parent) or []) or None
-        num = hydra_cfg.job.get("num")
+        points = run_folder.read_sweep_points(run_dir.parent) or []
+        num, total = trial_job.counter(run_dir, points, hydra_cfg.job.get("num"))
         print(console.point_line(num, total, run_dir.name, event, detail), flush=True)
 
 

@@ -34,10 +34,18 @@ class SweepWatcher:
     make)."""
 
     def __init__(
-        self, sweep_dir: Path, interval_s: float = 5.0, stream=None, fed: bool = False, query_slurm: bool = False
+        self,
+        sweep_dir: Path,
+        interval_s: float = 5.0,
+        stream=None,
+        fed: bool = False,
+        query_slurm: bool = False,
+        expected: int | None = None,
     ):
         self.sweep_dir, self.interval_s, self.stream = sweep_dir, interval_s, stream or sys.stdout
         self.fed, self.query_slurm = fed, query_slurm
+        # A search's n_trials: its folders appear one trial at a time, so their count would say [2/2], [3/3].
+        self.expected = expected or 0
         self.seen: dict[str, str] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -81,7 +89,8 @@ class SweepWatcher:
                 self.seen[p.name] = p.state
                 line = self.transition(before, p)
                 if line:
-                    print(console.point_line(i, len(points), p.name, *line), file=self.stream, flush=True)
+                    total = max(len(points), self.expected)
+                    print(console.point_line(i, total, p.name, *line), file=self.stream, flush=True)
 
     @staticmethod
     def transition(before: str | None, p: PointStatus) -> tuple[str, str] | None:

@@ -7,7 +7,8 @@ ringed and named. A few points (<= `FEW`) also get their ± 1 standard error ove
 as the 3-point demo always had; with seeds swept, per-configuration means with 95% intervals over seeds are added
 while there are few configurations. A search under limits (hparams_search=dpo_kl_budget) adds its KL budget as a
 vertical line and crosses out the points over a limit (the KL budget or eval.max_fluency_drop): those are never its
-best. What each panel shows goes into plots/plots.json.
+best. What each panel shows goes into plots/plots.json. Not drawn when the scorer gave every answer the same score
+(`flat.py`: the report says so instead).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dpo_sweeps.report import flat
 from dpo_sweeps.report.points import is_numeric_param, point_label, value_order
 from dpo_sweeps.report.seeds import SEED_KEY, group_by_config, mean_ci95, seeds_swept
 from dpo_sweeps.runs.reading import RunRecord, finite, number
@@ -105,6 +107,9 @@ def plot_frontier(
     if not have:
         entry["skipped"] = f"no point has {x_key} and a generation score (is a scorer configured? see gen/score_note)"
         return entry
+    nothing = flat.scorer_reason(have)
+    if nothing:  # dots on one line would look like a result
+        return flat.skip(entry, nothing)
     with_seeds = seeds_swept(swept)
     few = len(have) <= FEW
     groups = group_by_config(have, swept) if with_seeds else {}

@@ -1,7 +1,7 @@
 """plots/heatmap_<a>_<b>.png: the objective over two swept parameters, one cell per pair of values (the mean over
 the points that share it: seeds, or a third swept parameter), the best cell outlined. Drawn when at least two
 parameters other than the seed are swept; the first two (beta first) are the axes. Cells are annotated with their
-values while the grid is small enough to read them.
+values while the grid is small enough to read them. Not drawn when every cell has the same value (`flat.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dpo_sweeps.report import flat
 from dpo_sweeps.report.points import fmt, safe_filename, value_order
 from dpo_sweeps.report.seeds import SEED_KEY
 from dpo_sweeps.runs.reading import RunRecord, finite
@@ -40,6 +41,10 @@ def plot_heatmap(plt, plots_dir: Path, points: list[RunRecord], swept: list[str]
     if not cells:
         entry["skipped"] = f"no point has {metric}"
         return entry
+    means = [sum(values) / len(values) for values in cells.values()]
+    nothing = flat.same_value_reason(metric, means, points, "cells")
+    if nothing:  # one colour, and a "best" cell outlined by chance
+        return flat.skip(entry, nothing)
     xs = sorted({x for x, _ in cells}, key=value_order)
     ys = sorted({y for _, y in cells}, key=value_order)
     col, row = {x: i for i, x in enumerate(xs)}, {y: i for i, y in enumerate(ys)}

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dpo_sweeps.report import frontier, seeds
+from dpo_sweeps.report import flat, frontier, seeds
 from dpo_sweeps.report.curves import plot_curves
 from dpo_sweeps.report.heatmap import plot_heatmap
 from dpo_sweeps.report.points import (
@@ -59,7 +59,7 @@ def write_plots(
         others = [k for k in swept if k != param]
         entry = _plot_vs_param(plt, plots_dir, points, param, others, numeric, vs_panels)
         if entry.get("skipped"):
-            skipped.append({"file": entry["file"], "reason": entry["skipped"]})
+            skipped.append(_skipped(entry))
         else:
             figures.append(entry)
             written.append(plots_dir / entry["file"])
@@ -75,7 +75,7 @@ def write_plots(
         if entry is None:
             continue
         if entry.get("skipped"):
-            skipped.append({"file": entry["file"], "reason": entry["skipped"]})
+            skipped.append(_skipped(entry))
         else:
             figures.append(entry)
             written.append(plots_dir / entry["file"])
@@ -83,6 +83,13 @@ def write_plots(
     manifest = {"figures": figures, "skipped": skipped}
     run_folder.write_json_atomic(plots_dir / PLOTS_MANIFEST, manifest)
     return written, manifest
+
+
+def _skipped(entry: dict[str, Any]) -> dict[str, Any]:
+    out = {"file": entry["file"], "reason": entry["skipped"]}
+    if entry.get(flat.NOTHING_TO_SHOW):  # left out for showing nothing: summary.md and the console say why
+        out[flat.NOTHING_TO_SHOW] = True
+    return out
 
 
 def _pareto_points(sweep_dir: Path) -> set[str] | None:

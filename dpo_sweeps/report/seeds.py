@@ -10,7 +10,7 @@ Called from `sweep_report.py` and `plots.py` (summary.csv, summary.md, plots/); 
                                   `<metric>_n` (the points it averages: a metric missing from a point counts less);
                                   with seed racing, `seeds_skipped_by_racing` and `raced_out` (the decision in words)
     plots/<metric>_by_<param>_mean.png   the headline metrics against each swept parameter, mean over seeds, with
-                                  95% error bars
+                                  95% error bars (a metric with one value at every point left out: flat.py)
 
 The intervals are Student-t 95% half-widths of the mean over seeds (empty for a single seed). The frontier's data is
 already in summary.csv (the gen/ columns); the manifest (plots.json) says which points each figure shows.
@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dpo_sweeps.report import flat
 from dpo_sweeps.report.points import (
     csv_value,
     fmt,
@@ -191,6 +192,12 @@ def plot_means_vs_param(plt, plots_dir: Path, points: list[RunRecord], swept: li
         return entries
     rows_by_config = group_by_config(points, swept)
     panels = [m for m in headline_metrics(metric) if any(finite(p.value(m)) for p in points)][:6]
+    # A metric with one value at every point (a scorer that scored nothing, a saturated accuracy) would be a flat
+    # line passing for a result: left out, with why (flat.py).
+    same = {
+        k: why for k in panels if (why := flat.same_value_reason(k, [p.value(k) for p in points], points, "points"))
+    }
+    drawn = [k for k in panels if k not in same]
     for param in [k for k in swept if k != SEED_KEY]:
         filename = f"metrics_by_{safe_filename(param)}_mean.png"
         entry: dict[str, Any] = {"file": filename, "kind": "mean_vs_param", "x": param, "panels": []}
@@ -198,9 +205,15 @@ def plot_means_vs_param(plt, plots_dir: Path, points: list[RunRecord], swept: li
             entry["skipped"] = "no finished metrics" if not panels else f"{param} is not numeric"
             entries.append(entry)
             continue
+        if same:
+            entry["not_drawn"] = same
+        if not drawn:
+            entries.append(flat.skip(entry, " ".join(dict.fromkeys(same.values()))))
+            continue
+        panels_here = drawn
         others = [k for k in swept if k not in (param, SEED_KEY)]
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-        for ax, key in zip(axes[0], panels, strict=True):
+        fig, axes = plt.subplots(1, len(panels_here), figsize=(4.5 * len(panels_here), 4), squeeze=False)
+        for ax, key in zip(axes[0], panels_here, strict=True):
             series: dict[str, list[tuple[float, float, float]]] = {}
             for group in rows_by_config.values():
                 mean, ci = mean_ci95([p.value(key) for p in group])
@@ -224,7 +237,8 @@ def plot_means_vs_param(plt, plots_dir: Path, points: list[RunRecord], swept: li
             if others:
                 ax.legend(fontsize="x-small")
             entry["panels"].append(panel)
-        fig.suptitle(f"mean over seeds with 95% intervals vs {param}")
+        left_out = f"\n(the same at every point, not drawn: {', '.join(same)})" if same else ""
+        fig.suptitle(f"mean over seeds with 95% intervals vs {param}{left_out}")
         fig.tight_layout()
         fig.savefig(plots_dir / filename, dpi=100)
         plt.close(fig)

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from dpo_sweeps.report import seeds
+from dpo_sweeps.report import flat, seeds
 from dpo_sweeps.report.page import write_page
 from dpo_sweeps.report.plots import write_plots
 from dpo_sweeps.report.points import (
@@ -45,7 +46,7 @@ from dpo_sweeps.report.points import (
     state_counts,
     swept_params,
 )
-from dpo_sweeps.report.tables import markdown_report, text_table, write_csv
+from dpo_sweeps.report.tables import markdown_report, not_drawn_lines, text_table, write_csv
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs.reading import RunRecord
 
@@ -65,6 +66,8 @@ class ReportPaths:
     table: str  # the short plain-text table printed on the terminal
     n_points: int
     counts: dict[str, int]  # points per state
+    # Figures left out because they would show nothing (report/flat.py): {"file", "reason"} each.
+    not_drawn: list[dict[str, Any]] = field(default_factory=list)
 
 
 def write_sweep_report(
@@ -84,14 +87,16 @@ def write_sweep_report(
 
     plot_paths: list[Path] = []
     manifest_path = None
+    not_drawn: list[dict[str, Any]] = []
     if plots:
-        plot_paths, _ = write_plots(sweep_dir / PLOTS_DIR, points, metric, mode)
+        plot_paths, manifest = write_plots(sweep_dir / PLOTS_DIR, points, metric, mode)
         manifest_path = sweep_dir / PLOTS_DIR / PLOTS_MANIFEST
+        not_drawn = [s for s in manifest["skipped"] if s.get(flat.NOTHING_TO_SHOW)]
 
     csv_path = sweep_dir / SUMMARY_CSV
     write_csv(csv_path, points, metric)
     md_path = sweep_dir / SUMMARY_MD
-    markdown = markdown_report(sweep_dir, points, metric, mode, plot_paths)
+    markdown = markdown_report(sweep_dir, points, metric, mode, plot_paths, not_drawn)
     by_config_path = _write_seed_aggregation(sweep_dir, points, metric)
     if by_config_path:
         swept, _ = swept_params(points)
@@ -110,6 +115,7 @@ def write_sweep_report(
         table=text_table(points, metric),
         n_points=len(points),
         counts=state_counts(points),
+        not_drawn=not_drawn,
     )
 
 
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     print(f"{report.n_points} points ({counts}), sorted by {report.metric} ({report.mode}).")
+    for line in not_drawn_lines(report.not_drawn):
+        print(line)
     plots = f", {len(report.plots)} plots" if report.plots else ""
     print(f"wrote {report.csv}, {report.markdown}{plots} and {report.page} (open it in a browser)")
     return 0

@@ -70,7 +70,14 @@ def write_csv(path: Path, points: list[RunRecord], metric: str) -> None:
     tmp.replace(path)
 
 
-def markdown_report(sweep_dir: Path, points: list[RunRecord], metric: str, mode: str, plots: list[Path]) -> str:
+def not_drawn_lines(not_drawn: list[dict]) -> list[str]:
+    """One line per figure left out for showing nothing (report/flat.py), with why."""
+    return [f"{s['file']} not drawn: {s['reason']}" for s in not_drawn]
+
+
+def markdown_report(
+    sweep_dir: Path, points: list[RunRecord], metric: str, mode: str, plots: list[Path], not_drawn: list[dict] = ()
+) -> str:
     swept, fixed = swept_params(points)
     counts = state_counts(points)
     lines = [
@@ -104,9 +111,11 @@ def markdown_report(sweep_dir: Path, points: list[RunRecord], metric: str, mode:
             "; ".join(notes),
         ]
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
-    if plots:
+    if plots or not_drawn:
         lines += ["", "## Plots", ""]
         lines += [f"![{plot.stem}]({PLOTS_DIR}/{plot.name})" for plot in plots]
+    if not_drawn:
+        lines += ["", *(f"- {md_cell(line)}" for line in not_drawn_lines(not_drawn))]
     return "\n".join(lines) + "\n"
 
 

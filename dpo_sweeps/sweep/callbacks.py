@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from dpo_sweeps.config import naming
 from dpo_sweeps.console import quiet_submitter
 from dpo_sweeps.report.sweep_report import write_sweep_report
+from dpo_sweeps.report.tables import not_drawn_lines
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.runs import reading
 from dpo_sweeps.search.files import TRIALS_CSV
@@ -158,6 +159,8 @@ def _report(config: DictConfig, sweep_dir: Path) -> None:
     try:
         report = write_sweep_report(sweep_dir)
         print(f"\n{report.table}\nSweep report: {report.markdown} (plots in {sweep_dir / 'plots'})", flush=True)
+        for line in not_drawn_lines(report.not_drawn):  # a figure that would show nothing: why it is not there
+            print(line, flush=True)
     except Exception as exc:  # a broken report must not hide the summary or change the exit status
         log.error("Sweep report for %s failed: %s: %s", sweep_dir, type(exc).__name__, exc)
         return

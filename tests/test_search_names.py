@@ -104,3 +104,17 @@ def test_the_watcher_counts_a_searchs_trials_to_n_trials(tmp_path):
     grid = io.StringIO()
     SweepWatcher(tmp_path, stream=grid, fed=True).poll({})
     assert grid.getvalue().splitlines()[0].startswith("[1/2] trial_000"), grid.getvalue()
+
+
+def test_a_folder_another_study_trained_with_other_parameters_is_never_shared(tmp_path, monkeypatch):
+    """Two studies in one sweep folder (hydra.sweeper.study_name=<new>) number their trials alike: a name that is taken
+    by other parameters gets a digest; the same parameters reuse the folder (trained once, as before)."""
+    monkeypatch.delenv("DPO_SWEEPS_SWEEP", raising=False)
+    other = tmp_path / folders.readable(1, ["training.learning_rate=0.0014322"])
+    other.mkdir()
+    status = {"state": "completed", "overrides": ["model=tiny_qwen", "training.learning_rate=0.0014322"]}
+    run_folder.write_json_atomic(other / run_folder.STATUS_FILE, status)
+    assert folders.new_folder(tmp_path, [], 1, ["training.learning_rate=0.0014322"]) == other.name
+    mine = folders.new_folder(tmp_path, [], 1, ["training.learning_rate=0.0014324"])
+    assert mine.startswith(f"{other.name}-") and len(mine) == len(other.name) + 9, mine
+    assert folders.new_folder(tmp_path, [], 2, ["training.learning_rate=0.0014324"]) == "trial_002-lr=0.00143"

@@ -205,8 +205,7 @@ class OptunaSearch:
             subdir = name if self.folder_scheme == folders.NUMBERED else None
         elif self.folder_scheme == folders.NUMBERED:
             trials = self.study.get_trials(deepcopy=False)
-            name = folders.earlier_folder(trials, trial.number, overrides) or folders.readable(trial.number, overrides)
-            subdir = name
+            name = subdir = folders.new_folder(self.sweep_dir, trials, trial.number, overrides)
         else:  # a study started before trial folders were numbered: as its first trials were named
             name = naming.sweep_subdirname(overrides)
         return Entry(trial, overrides, (self.sweep_dir / name).absolute(), str(self.sweep_dir / name), subdir, declared)

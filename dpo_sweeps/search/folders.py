@@ -9,7 +9,8 @@ parses them back (a run's parameters are in its status.json and config.yaml).
 Stable, whatever happens to the driver: a trial's folder is recorded in the study when it is asked for (the trial's
 `run_dir` user attribute) and read back from there by a driver started again; a trial whose parameters equal an
 earlier trial's (a retry, or a sampler proposing the same choices again) gets that trial's folder, so that a retry
-resumes from its checkpoints and identical parameters train once.
+resumes from its checkpoints and identical parameters train once. A folder of the same name that another study in the
+same sweep folder trained with other parameters is never shared (`new_folder`).
 
 A study started before this naming keeps naming its folders by their full overrides, as its first trials were named:
 it says so once (the study's `trial_folders` attribute is what tells the two apart). The job learns its folder from
@@ -18,11 +19,13 @@ the driver as `hydra.sweep.subdir` (a `hydra.` override: launchers leave those o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 from dpo_sweeps.config import naming
+from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search.study import ATTR_OVERRIDES, ATTR_RUN_DIR
 
 PREFIX = "trial_"
@@ -79,6 +82,27 @@ def earlier_folder(trials: list, number: int, overrides: list[str]) -> str | Non
         if run_dir and sorted(t.user_attrs.get(ATTR_OVERRIDES) or []) == wanted:
             return Path(run_dir).name
     return None
+
+
+def _fits(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether an existing folder holds a run of these parameters (another study's trial in this sweep folder, e.g.
+    `hydra.sweeper.study_name=<new>`: it is reused, as a folder named by its overrides was)."""
+    recorded = (run_folder.read_status(run_dir) or {}).get("overrides")
+    return isinstance(recorded, list) and set(naming.varying_overrides(overrides)) <= {str(o) for o in recorded}
+
+
+def new_folder(sweep_dir: Path, trials: list, number: int, overrides: list[str]) -> str:
+    """The folder of a trial asked for now: an earlier trial's with the same parameters, else `readable`; a folder of
+    that name holding other parameters (another study in this sweep folder numbered its trials alike) is never
+    shared: the name then ends in a digest of the parameters."""
+    name = earlier_folder(trials, number, overrides)
+    if name:
+        return name
+    name = readable(number, overrides)
+    if (Path(sweep_dir) / name).exists() and not _fits(Path(sweep_dir) / name, overrides):
+        digest = hashlib.sha1(",".join(sorted(overrides)).encode()).hexdigest()[:8]
+        name = naming.safe_name(f"{name}-{digest}")
+    return name
 
 
 def subdir_override(name: str) -> str:

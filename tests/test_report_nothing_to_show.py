@@ -87,3 +87,17 @@ def test_seed_means_leave_out_a_metric_that_is_the_same_everywhere(tmp_path):
     assert "eval_rewards/accuracies" not in [p["y"] for p in means["panels"]]
     assert "eval_rewards/accuracies = 1" in means["not_drawn"]["eval_rewards/accuracies"]
     assert "eval_rewards/margins" in [p["y"] for p in means["panels"]]
+
+
+def test_a_search_under_a_kl_budget_keeps_its_frontier_and_says_its_scores_say_nothing(tmp_path):
+    """The budget line and the points over it say something even when the scores do not: drawn, with the reason."""
+    sweep = tmp_path / "sweep"
+    for beta, kl in (("0.05", 0.9), ("0.1", 0.5), ("0.3", 0.2)):
+        make_point(sweep, [f"beta={beta}"], DONE, final_metrics(beta, "r16", **_scored_nothing(kl)))
+    (sweep / "optimization_results.yaml").write_text("constraints:\n- {metric: gen/kl_to_ref, at_most: 0.7}\n")
+    write_sweep_report(sweep)
+    figures, skipped = _manifest(sweep)
+    frontier = figures["reward_kl_frontier.png"]
+    assert frontier["limits"] == {"gen/kl_to_ref": 0.7} and frontier["infeasible"] == ["beta=0.05"]
+    assert "gave every answer the same score (0)" in frontier["scores_say_nothing"]
+    assert "reward_kl_frontier.png" not in skipped

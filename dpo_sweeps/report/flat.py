@@ -15,6 +15,8 @@ SCORE_KEYS = ("gen/score_before", "gen/score_after")
 WIN_RATE_KEY = "gen/win_rate_vs_ref"
 # Set on a skipped figure's plots.json entry when it was left out for saying nothing (summary.md lists those).
 NOTHING_TO_SHOW = "nothing_to_show"
+# Set on a drawn frontier whose scores say nothing but whose KL budget does (a search under limits), with the reason.
+SCORES_SAY_NOTHING = "scores_say_nothing"
 
 
 def _spread(p: RunRecord, key: str) -> float | None:

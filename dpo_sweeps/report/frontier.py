@@ -108,8 +108,10 @@ def plot_frontier(
         entry["skipped"] = f"no point has {x_key} and a generation score (is a scorer configured? see gen/score_note)"
         return entry
     nothing = flat.scorer_reason(have)
-    if nothing:  # dots on one line would look like a result
+    if nothing and not limits:  # dots on one line would look like a result
         return flat.skip(entry, nothing)
+    if nothing:  # a search under limits: the KL budget and the points over it still say something; the scores do not
+        entry[flat.SCORES_SAY_NOTHING] = nothing
     with_seeds = seeds_swept(swept)
     few = len(have) <= FEW
     groups = group_by_config(have, swept) if with_seeds else {}
@@ -178,7 +180,8 @@ def plot_frontier(
         ax.legend(fontsize="x-small", loc="best")
         entry["panels"].append(panel)
     moved = "how far the policy moved" if x_key == KL_KEY else "the log-ratio to the reference (not a KL)"
-    fig.suptitle(f"reward-KL frontier: what the answers gained against {moved}")
+    note = "\n(the scores say nothing: every answer scored the same, see plots.json)" if nothing else ""
+    fig.suptitle(f"reward-KL frontier: what the answers gained against {moved}{note}")
     fig.tight_layout()
     fig.savefig(plots_dir / FRONTIER_PNG, dpi=100)
     plt.close(fig)

@@ -186,3 +186,45 @@ def test_a_node_lost_mid_job_is_node_failure_and_the_point_resumes_from_its_last
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["resumed_from_step"] in (10, 20) and metrics["global_step"] == 40, metrics
     assert _complete(run_dir)[-1] == "checkpoint-40"
+
+
+def test_a_search_submitting_its_next_trial_while_the_controller_is_down_waits_for_it(
+    slurm_cluster,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    tiny_model_paths,
+):
+    """One trial at a time: the first ends while slurmctld is stopped, so the next is submitted into the outage."""
+    sweep = tmp_path / "search"
+    proc = start_sweep(
+        [
+            "-m",
+            "hparams_search=dpo_optuna",
+            *POINT,
+            "training.max_steps=40",
+            "training.sample_completions=0",
+            "eval.gen_prompts=0",
+            "objective.metric=eval_loss",
+            "objective.mode=min",
+            "loss=sigmoid",
+            "beta=interval(0.1, 0.2)",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.sampler.type=random",
+            "hydra.sweeper.pruner.type=none",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    try:
+        wait_for_point(proc, sweep, trained_steps(35), "the first trial never got near its end", timeout=QUEUE_WAIT_S)
+        with faults.slurmctld_stopped(slurm_cluster, OUTAGE_S):
+            deadline = time.monotonic() + OUTAGE_S
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, "the search ended while the controller was down"
+                time.sleep(1)
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "SLURM does not answer" in out, "the next trial was not submitted during the outage:\n" + out[-4000:]
+    assert proc.returncode == 0, out[-6000:]
+    assert "Sweep summary: 2 completed" in out, out[-4000:]

@@ -191,7 +191,9 @@ class SweepSlurmLauncher(SlurmLauncher):
             return [returns[i] for i in range(len(job_overrides))]
 
         t_limits = time.perf_counter()
-        limits = site.read_limits_or_exit(*site.submit_identity(self.params))
+        # A search's later trials wait out a controller restart (watch.py waits as long for the jobs it watches).
+        wait_s = watch.LOST_CONTACT_S if self.__dict__.get("_submitted") else 0.0
+        limits = site.read_limits_or_exit(*site.submit_identity(self.params), wait_s=wait_s)
         t_limits = time.perf_counter() - t_limits
         parallelism = int(self.params.get("array_parallelism") or 1)
         try:
@@ -201,6 +203,7 @@ class SweepSlurmLauncher(SlurmLauncher):
         plans = plan.split(len(entries), limits.max_tasks_per_array, parallelism)
         log.info("%s", plan.describe(plans, limits, parallelism, skipped=len(returns)))
         jobs, timing = self._submit(entries, plans)
+        self._submitted = True
         timing["limits"] += t_limits
         log.info(
             "Submitted %d point(s) in %d SLURM array job(s) (%s) in %.2f s: validate %.2f s (preflight), prepare "
@@ -226,11 +229,13 @@ class SweepSlurmLauncher(SlurmLauncher):
         results in the order of `entries` then `held`."""
         jobs: list = []
         if entries:
-            limits = site.read_limits_or_exit(*site.submit_identity(self.params))
+            wait_s = watch.LOST_CONTACT_S if self.__dict__.get("_submitted") else 0.0
+            limits = site.read_limits_or_exit(*site.submit_identity(self.params), wait_s=wait_s)
             parallelism = int(self.params.get("array_parallelism") or 1)
             plans = plan.split(len(entries), limits.max_tasks_per_array, parallelism)
             log.info("%s", plan.describe(plans, limits, parallelism, skipped=0))
             jobs, _ = self._submit(entries, plans)
+            self._submitted = True
             log.info(
                 "Submitted %d point(s) (%s); waiting for %d held by live jobs.", len(entries), _ids(jobs), len(held)
             )

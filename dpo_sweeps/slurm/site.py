@@ -18,6 +18,7 @@ import getpass
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,14 +181,24 @@ def read_limits(qos: str | None = None, account: str | None = None) -> SiteLimit
     return limits
 
 
-def read_limits_or_exit(qos: str | None = None, account: str | None = None) -> SiteLimits:
-    try:
-        limits = read_limits(qos, account)
-    except SlurmCommandError as exc:
-        raise SystemExit(
-            f"Error: cannot read the SLURM cluster's configuration: {exc}. Nothing was submitted. Check that SLURM's "
-            "client commands work here (`sinfo`; SLURM_CONF for a non-default cluster)."
-        ) from None
+def read_limits_or_exit(qos: str | None = None, account: str | None = None, wait_s: float = 0.0) -> SiteLimits:
+    """The site's limits, or the end of the command with why. `wait_s`: how long a controller that does not answer is
+    waited for first (a search submitting its next trial while slurmctld restarts waits it out, see launcher.py)."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            limits = read_limits(qos, account)
+            break
+        except SlurmCommandError as exc:
+            if time.monotonic() >= deadline:
+                raise SystemExit(
+                    f"Error: cannot read the SLURM cluster's configuration: {exc}. Nothing was submitted. Check that "
+                    "SLURM's client commands work here (`sinfo`; SLURM_CONF for a non-default cluster)."
+                ) from None
+            if not said:
+                log.warning("SLURM does not answer (%s): waiting up to %.0f s before submitting.", exc, wait_s)
+                said = True
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
     for note in limits.notes:
         log.warning("SLURM limits: %s", note)
     return limits

@@ -305,6 +305,10 @@ class EvalConfig:
 class ResumeConfig:
     # Requeues after preemption/time limit before the run is marked failed.
     max_requeues: int = 3
+    # Resubmissions of a point that died of memory, each with a plan that fits (slurm/replan.py: GPU out of memory ->
+    # micro-batch halved, gradient accumulation doubled, or gradient checkpointing on; killed over its host memory
+    # request -> mem_gb doubled, up to a node of the partition). 0 = a point that runs out of memory just fails.
+    max_replans: int = 1
 
 
 @dataclass

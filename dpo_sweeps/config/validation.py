@@ -247,6 +247,8 @@ def _check_objective(cfg: DictConfig, problems: list[str]) -> None:
         )
     if cfg.resume.max_requeues < 0:
         problems.append(f"resume.max_requeues={cfg.resume.max_requeues}: must be >= 0.")
+    if cfg.resume.max_replans < 0:
+        problems.append(f"resume.max_replans={cfg.resume.max_replans}: must be >= 0 (0 = no re-plan after an OOM).")
 
 
 def _check_distributed(cfg: DictConfig, problems: list[str]) -> None:

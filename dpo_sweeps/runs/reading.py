@@ -143,6 +143,21 @@ def read_objective(run_dir: Path) -> tuple[str, str] | None:
     return str(objective["metric"]), str(objective.get("mode") or DEFAULT_OBJECTIVE_MODE)
 
 
+def replan_notes(status: dict) -> list[str]:
+    """One note per re-plan of a point that died of memory (status.json `replans`, slurm/replan.py): what changed
+    and why, for the sweep's tables and its console summary."""
+    notes = []
+    for plan in status.get("replans") or []:
+        if isinstance(plan, dict):
+            changes = ", ".join(
+                f"{k} {c.get('from')} -> {c.get('to')}"
+                for k, c in (plan.get("changes") or {}).items()
+                if isinstance(c, dict)
+            )
+            notes.append(f"re-planned: {changes} ({plan.get('why', '')})")
+    return notes
+
+
 def read_run(run_dir: Path, history: bool = True, objective: bool = True) -> RunRecord:
     """One point, whatever state its files are in: problems become notes, never exceptions. `history=False` skips
     metrics.jsonl, `objective=False` the objective (what `status` does not need)."""
@@ -183,6 +198,7 @@ def read_run(run_dir: Path, history: bool = True, objective: bool = True) -> Run
         except (OSError, UnicodeDecodeError) as e:
             notes.append(f"metrics.jsonl unreadable: {e}")
 
+    notes += replan_notes(status)
     error = status.get("error") or ""
     if isinstance(error, dict):  # tolerate {"type":..., "message":...}
         error = ": ".join(str(v) for v in error.values())

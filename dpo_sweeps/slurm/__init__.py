@@ -3,7 +3,7 @@ sinfo check), the site's limits (`site`), the split into arrays (`plan`), the pr
 (`checks`), what that check hands the launcher (`handoff`), the launcher (`launcher`) and the submitit internals it
 relies on (`submitit_compat`), the one client for squeue / sacct / scontrol with the one map from SLURM states to a
 point's (`client`), and the wait for results, dead tasks included, with the rank that ended a multi-task job first
-(`watch`); a site profile written from sinfo / scontrol / sacctmgr (`profile`, `python -m dpo_sweeps.slurm.profile`).
+(`watch`), the re-plan of a point that died of memory, resubmitted with a plan that fits (`replan`); a site profile written from sinfo / scontrol / sacctmgr (`profile`, `python -m dpo_sweeps.slurm.profile`).
 
 Import-light: only `launcher` imports submitit at import, to check the private submitit internals it uses
 (`submitit_compat`, ~50 ms). May import `runs`, `config` (folder names) and the shared top level (`console`: the line

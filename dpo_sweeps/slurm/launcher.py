@@ -44,7 +44,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import attach, handoff, liveness, plan, site, submitit_compat, watch
+from dpo_sweeps.slurm import attach, handoff, liveness, plan, replan, site, submitit_compat, watch
 
 KILL_ON_BAD_EXIT = "--kill-on-bad-exit=1"
 _SUBMITTING = threading.Lock()
@@ -143,11 +143,12 @@ class SweepSlurmLauncher(SlurmLauncher):
             # The sweeper shares `hydra_context` with us and reads its loader when it validates a batch.
             object.__setattr__(hydra_context, "config_loader", _PrecheckedLoader(hydra_context.config_loader, checked))
 
-    def _executor(self):
-        """submitit's SlurmExecutor with this launcher's parameters, mapped as the stock launcher maps them."""
+    def _executor(self, **changed: Any):
+        """submitit's SlurmExecutor with this launcher's parameters (`changed`: a re-plan's, e.g. mem_gb), mapped as
+        the stock launcher maps them."""
         import submitit
 
-        params = {k: v for k, v in self.params.items() if k not in CHECK_ONLY_KEYS}
+        params = {k: v for k, v in {**self.params, **changed}.items() if k not in CHECK_ONLY_KEYS}
         executor = submitit.AutoExecutor(
             cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=params.pop("max_num_timeout")
         )
@@ -219,7 +220,9 @@ class SweepSlurmLauncher(SlurmLauncher):
             timing["sbatch"],
             len(returns),
         )
-        collected = self._collect(entries, jobs, [], sweep_dir, checked)
+        collected = self._replan(
+            entries, jobs, self._collect(entries, jobs, [], sweep_dir, checked), sweep_dir, checked
+        )
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
         return [returns[i] for i in range(len(job_overrides))]
@@ -239,7 +242,20 @@ class SweepSlurmLauncher(SlurmLauncher):
             log.info(
                 "Submitted %d point(s) (%s); waiting for %d held by live jobs.", len(entries), _ids(jobs), len(held)
             )
-        return self._collect(entries, jobs, held, sweep_dir, checked)
+        collected = self._collect(entries, jobs, held, sweep_dir, checked)
+        return [*self._replan(entries, jobs, collected[: len(entries)], sweep_dir, checked), *collected[len(entries) :]]
+
+    def _replan(self, entries: list, jobs: list, results: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
+        """Points that died of memory, resubmitted into their own folders with a plan that fits (slurm/replan.py)."""
+
+        def resubmit(sub: list, mem_gb: Any) -> tuple[list, list[JobReturn]]:
+            limits = site.read_limits_or_exit(*site.submit_identity(self.params))
+            parallelism = int(self.params.get("array_parallelism") or 1)
+            new, _ = self._submit(sub, plan.split(len(sub), limits.max_tasks_per_array, parallelism), mem_gb=mem_gb)
+            log.info("Resubmitted %d re-planned point(s) (%s) with mem_gb=%s.", len(sub), _ids(new), mem_gb)
+            return new, self._collect(sub, new, [], sweep_dir, checked)
+
+        return replan.resubmit_until_settled(entries, jobs, results, self.config, self.params, resubmit)
 
     def _collect(self, entries: list, jobs: list, held: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
         """Claim the submitted points' folders, then wait for every task (ours, and the holders of `held` points);
@@ -274,13 +290,14 @@ class SweepSlurmLauncher(SlurmLauncher):
             )
         return [results[id(e)] for e in order]
 
-    def _submit(self, entries: list, plans: list[plan.ArrayPlan]) -> tuple[list, dict[str, float]]:
-        """One sbatch per planned array; on any error cancel what this call submitted and exit with one message."""
+    def _submit(self, entries: list, plans: list[plan.ArrayPlan], **changed: Any) -> tuple[list, dict[str, float]]:
+        """One sbatch per planned array; on any error cancel what this call submitted and exit with one message.
+        `changed`: launcher parameters of a re-plan (mem_gb)."""
         # One submission at a time: the search's driver launches each trial from a thread of its own
         # (search/inflight.py), and the launcher's pickled-once bytes are per submission.
         with _SUBMITTING:
             tic = time.perf_counter()
-            base = self._executor()
+            base = self._executor(**changed)
             # One copy of Hydra's global state for every point (the stock launcher takes one per point; the same).
             state = _PickledOnce(Singleton.get_state())
             self._pickle_once()

@@ -52,7 +52,14 @@ def collect(sweep_dir: Path) -> list[dict]:
             rows.append({"run_dir": str(d), "state": "missing", "error": None})
             continue
         run = reading.read_run(d, history=False, objective=False)
-        rows.append({"run_dir": str(d), "state": run.status.get("state", "missing"), "error": run.error or None})
+        rows.append(
+            {
+                "run_dir": str(d),
+                "state": run.status.get("state", "missing"),
+                "error": run.error or None,
+                "replans": reading.replan_notes(run.status),
+            }
+        )
     return rows
 
 
@@ -65,6 +72,7 @@ def format_summary(rows: list[dict]) -> str:
             if r["state"] == state:
                 err = f"  ({r['error']})" if r["error"] and state not in DONE else ""
                 lines.append(f"  {state:<9} {r['run_dir']}{err}")
+                lines += [f"  {'':<9} {note}" for note in r.get("replans") or []]
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from dpo_sweeps.runs import claim as claim_mod
 from dpo_sweeps.runs import disk
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import trial as trial_job
-from dpo_sweeps.slurm import liveness
+from dpo_sweeps.slurm import liveness, replan
 from dpo_sweeps.tracking import wandb_run as tracking
 from dpo_sweeps.train import cluster
 
@@ -139,6 +139,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
     if status.get("state") == run_folder.COMPLETED:
         log.info("rerun=true: previous results of %s moved to %s", run_dir, _move_previous_attempt(run_dir))
         status = {}
+    # A point that died of memory was re-planned by its launcher (slurm/replan.py): run it with the plan that fits.
+    replanned = replan.apply(cfg, status)
 
     update_status(
         run_dir,
@@ -165,9 +167,11 @@ def run_sweep_point(cfg: DictConfig) -> float:
         reason=None,
         # What ranks the points, where readers find it without parsing config.yaml (runs/reading.py).
         objective={"metric": cfg.objective.metric, "mode": cfg.objective.mode},
+        memory_error=None,
         **trial_job.status_fields(),
     )
-    _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1})")
+    detail = f"; re-planned: {', '.join(f'{k}={v}' for k, v in replanned.items())}" if replanned else ""
+    _announce(multirun, hydra_cfg, run_dir, "started", f"(attempt {status.get('attempts', 0) + 1}{detail})")
     started = time.time()
     try:
         validate(cfg)
@@ -215,6 +219,8 @@ def run_sweep_point(cfg: DictConfig) -> float:
                 traceback=traceback.format_exc(),
                 # The user's config or data: the same settings fail the same way, so a search does not retry them.
                 user_error=isinstance(exc, console.user_error_types()),
+                # torch.OutOfMemoryError: the launcher re-plans the point (slurm/replan.py) within resume.max_replans.
+                memory_error=replan.GPU if replan.is_gpu_oom(exc) else None,
             )
         except OSError as write_error:  # the disk is still full: the sweep's watcher records what SLURM saw
             log.error("Point %s failed (%s) and status.json could not be written: %s", run_dir, error, write_error)

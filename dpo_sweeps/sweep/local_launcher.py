@@ -41,7 +41,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.slurm import attach, handoff, liveness
+from dpo_sweeps.slurm import attach, handoff, liveness, replan
 from dpo_sweeps.sweep import racing
 from dpo_sweeps.train.cluster import POINTS_AT_ONCE_ENV, available_cores
 
@@ -160,7 +160,25 @@ class SequentialLauncher(BasicLauncher):
 
     def _launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As Hydra's, except that a point whose folder a live job of another invocation holds is waited for and
-        its result taken from its folder, not run a second time here (the job would refuse the folder)."""
+        its result taken from its folder, not run a second time here (the job would refuse the folder), and a point
+        that died of memory runs again with a plan that fits (slurm/replan.py)."""
+        results = list(self._launch(job_overrides, initial_job_idx))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
+        todo = list(range(len(job_overrides)))
+        while todo:
+            todo = [
+                i
+                for i in todo
+                if replan.decide(
+                    attach.point_for(sweep_dir, list(job_overrides[i]), known)["run_dir"], None, self.config
+                )
+            ]
+            for i in todo:
+                results[i] = super().launch([job_overrides[i]], initial_job_idx + i)[0]
+        return results
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
@@ -268,6 +286,7 @@ class ParallelLocalLauncher(LocalLauncher):
         executor = self._executor()
         state = Singleton.get_state()
         running: dict[Any, tuple[Any, list[str], str]] = {}  # key -> (submitit job, overrides, run folder)
+        nums: dict[Any, int] = {}  # key -> job number
         exhausted = False
         stop_signals = _stop_like_ctrl_c()
         previous = os.environ.get(POINTS_AT_ONCE_ENV)
@@ -291,6 +310,7 @@ class ParallelLocalLauncher(LocalLauncher):
                     log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
                     job = executor.submit(self, list(overrides), "hydra.sweep.dir", num, "", state)
                     running[key] = (job, overrides, found["run_dir"])
+                    nums[key] = num
                 if not running:
                     break
                 ended = [key for key, (job, _, _) in running.items() if job.done()]
@@ -300,6 +320,10 @@ class ParallelLocalLauncher(LocalLauncher):
                         # It found its folder taken by a job started meanwhile (it did not start there): wait for that.
                         liveness.wait_released([run_dir])
                         on_result(key, _folder_return(overrides, run_dir))
+                    elif replan.decide(run_dir, job.paths.stderr, self.config):
+                        # It died of memory: again, into its own folder, with the plan that fits (slurm/replan.py).
+                        job = executor.submit(self, list(overrides), "hydra.sweep.dir", nums[key], "", state)
+                        running[key] = (job, overrides, run_dir)
                     else:
                         on_result(key, self._result(job, overrides, run_dir))
                     exhausted = False  # a point ended: the caller may have another one now

@@ -144,8 +144,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             object.__setattr__(hydra_context, "config_loader", _PrecheckedLoader(hydra_context.config_loader, checked))
 
     def _executor(self, **changed: Any):
-        """submitit's SlurmExecutor with this launcher's parameters (`changed`: a re-plan's, e.g. mem_gb), mapped as
-        the stock launcher maps them."""
+        """submitit's SlurmExecutor with this launcher's parameters (and a re-plan's `changed` ones), as stock."""
         import submitit
 
         params = {k: v for k, v in {**self.params, **changed}.items() if k not in CHECK_ONLY_KEYS}
@@ -220,9 +219,8 @@ class SweepSlurmLauncher(SlurmLauncher):
             timing["sbatch"],
             len(returns),
         )
-        collected = self._replan(
-            entries, jobs, self._collect(entries, jobs, [], sweep_dir, checked), sweep_dir, checked
-        )
+        collected = self._collect(entries, jobs, [], sweep_dir, checked)
+        collected = self._replan(entries, jobs, collected, sweep_dir, checked)
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
         return [returns[i] for i in range(len(job_overrides))]
@@ -252,7 +250,6 @@ class SweepSlurmLauncher(SlurmLauncher):
             limits = site.read_limits_or_exit(*site.submit_identity(self.params))
             parallelism = int(self.params.get("array_parallelism") or 1)
             new, _ = self._submit(sub, plan.split(len(sub), limits.max_tasks_per_array, parallelism), mem_gb=mem_gb)
-            log.info("Resubmitted %d re-planned point(s) (%s) with mem_gb=%s.", len(sub), _ids(new), mem_gb)
             return new, self._collect(sub, new, [], sweep_dir, checked)
 
         return replan.resubmit_until_settled(entries, jobs, results, self.config, self.params, resubmit)

@@ -220,7 +220,7 @@ class SweepSlurmLauncher(SlurmLauncher):
             len(returns),
         )
         collected = self._collect(entries, jobs, [], sweep_dir, checked)
-        collected = self._replan(entries, jobs, collected, sweep_dir, checked)
+        collected = replan.resubmit_until_settled(self, entries, jobs, collected, sweep_dir, checked)
         for (num, _, _), result in zip(entries, collected, strict=True):
             returns[num - initial_job_idx] = result
         return [returns[i] for i in range(len(job_overrides))]
@@ -241,18 +241,8 @@ class SweepSlurmLauncher(SlurmLauncher):
                 "Submitted %d point(s) (%s); waiting for %d held by live jobs.", len(entries), _ids(jobs), len(held)
             )
         collected = self._collect(entries, jobs, held, sweep_dir, checked)
-        return [*self._replan(entries, jobs, collected[: len(entries)], sweep_dir, checked), *collected[len(entries) :]]
-
-    def _replan(self, entries: list, jobs: list, results: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
-        """Points that died of memory, resubmitted into their own folders with a plan that fits (slurm/replan.py)."""
-
-        def resubmit(sub: list, mem_gb: Any) -> tuple[list, list[JobReturn]]:
-            limits = site.read_limits_or_exit(*site.submit_identity(self.params))
-            parallelism = int(self.params.get("array_parallelism") or 1)
-            new, _ = self._submit(sub, plan.split(len(sub), limits.max_tasks_per_array, parallelism), mem_gb=mem_gb)
-            return new, self._collect(sub, new, [], sweep_dir, checked)
-
-        return replan.resubmit_until_settled(entries, jobs, results, self.config, self.params, resubmit)
+        ours = replan.resubmit_until_settled(self, entries, jobs, collected[: len(entries)], sweep_dir, checked)
+        return [*ours, *collected[len(entries) :]]
 
     def _collect(self, entries: list, jobs: list, held: list, sweep_dir: Path, checked: Any) -> list[JobReturn]:
         """Claim the submitted points' folders, then wait for every task (ours, and the holders of `held` points);

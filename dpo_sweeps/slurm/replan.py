@@ -22,7 +22,6 @@ Import-light: runs/, `client` (subprocess) and the site profile's sinfo parser, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,13 +256,15 @@ def apply(cfg: Any, status: dict) -> dict:
 
 
 def resubmit_until_settled(
-    entries: list, jobs: list, results: list, sweep_cfg: Any, params: dict, resubmit: Callable
+    launcher: Any, entries: list, jobs: list, results: list, sweep_dir: Path, checked: Any
 ) -> list:
-    """The launcher's side (slurm/launcher.py): `entries` (job number, overrides, point) ran as `jobs` with `results`;
-    each that died of memory and may be re-planned is resubmitted, grouped by the memory it now asks for
-    (`resubmit(entries, mem_gb)` -> (jobs, results)), until none is left. Returns the results, re-planned ones
-    replaced."""
+    """The SLURM launcher's side (slurm/launcher.py): `entries` (job number, overrides, point) ran as `jobs` with
+    `results`; each that died of memory and may be re-planned is resubmitted (grouped by the memory it now asks for)
+    and collected again, until none is left. Returns the results, re-planned ones replaced."""
+    from dpo_sweeps.slurm import plan, site, watch
+
     results, jobs = list(results), list(jobs)
+    params = launcher.params
     mem_gb = params.get("mem_gb")
     todo = list(range(len(entries)))
 
@@ -271,14 +272,20 @@ def resubmit_until_settled(
         return partition_node_gb(params.get("partition"))
 
     while todo:
-        plans = [i for i in todo if decide(entries[i][2]["run_dir"], jobs[i].paths.stderr, sweep_cfg, mem_gb, node_gb)]
+        plans = [
+            i for i in todo if decide(entries[i][2]["run_dir"], jobs[i].paths.stderr, launcher.config, mem_gb, node_gb)
+        ]
         groups: dict[Any, list[int]] = {}
         for i in plans:  # the memory each point asks for now (a host re-plan raised it; GPU ones keep theirs)
             status = run_folder.read_status(entries[i][2]["run_dir"]) or {}
             groups.setdefault((status.get("replan_overrides") or {}).get(MEM_GB_KEY, mem_gb), []).append(i)
         for mem, group in groups.items():
-            new_jobs, new_results = resubmit([entries[i] for i in group], mem)
-            for i, job, result in zip(group, new_jobs, new_results, strict=True):
+            sub = [entries[i] for i in group]
+            # A resubmission waits out a controller restart, as the watcher does for the jobs it watches.
+            limits = site.read_limits_or_exit(*site.submit_identity(params), wait_s=watch.LOST_CONTACT_S)
+            parallelism = int(params.get("array_parallelism") or 1)
+            new, _ = launcher._submit(sub, plan.split(len(sub), limits.max_tasks_per_array, parallelism), mem_gb=mem)
+            for i, job, result in zip(group, new, launcher._collect(sub, new, [], sweep_dir, checked), strict=True):
                 jobs[i], results[i] = job, result
         todo = plans
     return results

@@ -47,6 +47,10 @@ def test_demo_preset_moves_a_real_models_answers_on_a_style_set_of_its_own(tmp_p
          "dataset.to_conversational=true", "eval.rule=starts_with", f"eval.rule_arg={STYLE}",
          # Cheaper than the demo's points, to stay affordable in CI: half the prompts, 64 training pairs.
          "eval.gen_prompts=8", "training.sample_completions=8", "dataset.max_train_samples=64",
+         # One thread, as each of the demo's points runs: the preset's null means all cores for a single point, and
+         # two threads beside the suite's other workers on 2 cores made this test ~3x slower (892 s in CI; the
+         # suite's budget in docs/development.md).
+         "training.cpu_threads=1",
          f"ref_cache.dir={tmp_path / 'rc'}", f"hydra.run.dir={run_dir}"],
         timeout=1500,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.train import checkpoints, cluster
+from dpo_sweeps.train import cluster
 from tests import slurm_support
 from tests.helpers import (
     FORCE_FSDP,
@@ -29,6 +29,14 @@ from tests.helpers import (
 from tests.slurm_support import QUEUE_WAIT_S, SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
+
+
+def _checkpoints():
+    """train/checkpoints.py, imported when a test reads checkpoints: it imports transformers, which at the top of this
+    module would cost every xdist worker ~8 s of CPU while it collects the suite (docs/development.md)."""
+    from dpo_sweeps.train import checkpoints
+
+    return checkpoints
 
 
 def test_a_compressed_nodelist_expands_in_slurms_order(slurm_cluster):  # noqa: F811
@@ -214,7 +222,7 @@ def test_a_killed_rank_ends_the_job_fails_the_point_and_a_rerun_resumes(
         run_dir = wait_for_point(
             proc,
             sweep,
-            lambda d: checkpoints.last_complete(d / "checkpoints") is not None,
+            lambda d: _checkpoints().last_complete(d / "checkpoints") is not None,
             "job ended or stalled before the kill",
             timeout=QUEUE_WAIT_S,
         )
@@ -414,7 +422,7 @@ def test_a_preempted_two_node_job_checkpoints_once_is_requeued_and_resumes_to_th
     status = read_json(run_dir / "status.json")
     assert status["state"] == "completed" and status["requeues"] == 1 and status["world_size"] == 2, status
     assert len(set(status["nodes"])) == 2 and set(status["nodes"]) <= set(nodes), status["nodes"]
-    complete = checkpoints.complete_checkpoints(run_dir / "checkpoints")
+    complete = _checkpoints().complete_checkpoints(run_dir / "checkpoints")
     saved_on_signal = [c for c in complete if 5 <= int(c.name.rsplit("-", 1)[1]) < 20]
     assert len(saved_on_signal) <= 1, f"checkpointed more than once on one signal: {complete}"
     metrics = read_json(run_dir / "metrics.json")

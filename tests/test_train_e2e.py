@@ -9,13 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
 
 from dpo_sweeps.report.model_card import parse_front_matter
 from dpo_sweeps.runs import folder as run_folder
-from dpo_sweeps.train.trainer import run_training
 from tests.helpers import TINY, compose_config, read_json, run_cli, run_dirs
 
 ARCH_MODELS = {"llama": "tiny_llama", "qwen2": "tiny_qwen", "gemma": "tiny_gemma"}
@@ -40,6 +37,13 @@ def _assert_learned(metrics: dict) -> None:
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("arch", list(ARCH_MODELS))
 def test_dpo_trains_each_architecture(tmp_path, tiny_model_paths, arch, mode):
+    # Imported here, not at the top: torch, transformers, PEFT and TRL cost each xdist worker ~10 s of CPU when they
+    # are imported while it collects the suite, before any test runs (docs/development.md, "The suite's budget").
+    import torch
+    from safetensors.torch import load_file
+
+    from dpo_sweeps.train.trainer import run_training
+
     cfg = compose_config([f"model={ARCH_MODELS[arch]}", *TINY, *MODES[mode], *STEPS])
     metrics = run_training(cfg, tmp_path)
     _assert_learned(metrics)

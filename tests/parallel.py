@@ -14,10 +14,11 @@ Most of the suite's wall time is spent waiting (SLURM's queue and polls, job sta
   of idling several workers that wait for each other;
 - the machine: a test marked `serial` runs with no other test at all (for timing that needs a quiet machine); the
   serial tests share one xdist group too;
-- order (`order`): the serial group first (it waits for nobody at the start, later it would wait for every running
-  test to end), then the exclusive group (it starts at once on one worker, while the other workers take the slow
-  tests that need no cluster instead of queueing for it), then slow tests, SLURM ones last among them, then the
-  other SLURM tests, then the rest: the last minutes are short tests spread over every worker, not one long test.
+- order (`order`): the exclusive group first (it starts at once on one worker, while the other workers take the
+  slow tests that need no cluster instead of queueing for it), then slow tests, SLURM ones last among them, then
+  the other SLURM tests, then the rest: the last minutes are short tests spread over every worker, not one long
+  test. The serial group comes last: it waits for the tests running beside it to end (and stops new ones meanwhile),
+  which at the end are short ones; at the start, a worker a moment quicker could begin a 5-minute test first.
 
 The locks are reader-writer file locks with writer preference (a waiting exclusive holder stops new shared ones, so
 it is not starved), in a folder of this run only (keyed by xdist's run id). Without xdist nothing is locked: one
@@ -166,16 +167,16 @@ class _GroupNames:
 
 
 def order(item: pytest.Item) -> int:
-    """Where a test starts in the run: the serial group, the exclusive group, slow tests without then with the
-    cluster, other SLURM tests, the rest (the module docstring says why)."""
+    """Where a test starts in the run: the exclusive group, slow tests without then with the cluster, other SLURM
+    tests, the rest, the serial group (the module docstring says why)."""
     slow, slurm = item.get_closest_marker("slow") is not None, item.get_closest_marker("slurm") is not None
     if item.get_closest_marker("serial"):
-        return 0
+        return 5
     if item.get_closest_marker("slurm_exclusive"):
-        return 1
+        return 0
     if slow:
-        return 3 if slurm else 2
-    return 4 if slurm else 5
+        return 2 if slurm else 1
+    return 3 if slurm else 4
 
 
 def _needs(item: pytest.Item | None) -> dict[str, str | None]:

@@ -88,17 +88,17 @@ def _pytest(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_serial_group_starts_first_then_the_exclusive_group_then_slow_tests_without_the_cluster(tmp_path):
+def test_the_exclusive_group_starts_first_then_slow_tests_without_the_cluster_and_the_serial_group_last(tmp_path):
     proc = _pytest(tmp_path, "--collect-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line]
     assert names == [
-        *(f"test_serial[{i}]" for i in range(2)),
         *(f"test_exclusive[{i}]" for i in range(3)),
         *(f"test_slow[{i}]" for i in range(2)),
         "test_slow_shared",
         *(f"test_shared[{i}]" for i in range(4)),
         *(f"test_plain[{i}]" for i in range(4)),
+        *(f"test_serial[{i}]" for i in range(2)),
     ], names
 
 

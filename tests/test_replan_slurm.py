@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,12 +97,17 @@ def test_a_job_killed_over_its_memory_request_is_replanned_with_more_and_complet
     assert status["replan_overrides"] == {"hydra.launcher.mem_gb": 2}
     # The second job really asked SLURM for 2 GB: its id is in status.json, sacct has its request.
     job = status["slurm"]["job_id"]
-    req = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", job, "-o", "ReqMem,State"],
-        env={**os.environ, "SLURM_CONF": str(conf)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.split()
+    deadline, req = time.monotonic() + 60, []
+    while time.monotonic() < deadline:  # accounting records the job's end a moment after the job ends
+        req = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", job, "-o", "ReqMem,State"],
+            env={**os.environ, "SLURM_CONF": str(conf)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
+        if req and req[0].endswith("|COMPLETED"):
+            break
+        time.sleep(2)
     assert req and req[0].startswith("2G|COMPLETED"), req
     assert "re-planned: hydra.launcher.mem_gb 1 -> 2" in out  # the sweep's console summary

@@ -23,27 +23,30 @@ def chromium_path() -> str | None:
     return next((path for name in CANDIDATES if (path := shutil.which(name))), None)
 
 
+def chromium_args(profile: str) -> list[str]:
+    """Our switches, `profile` a fresh user data folder."""
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        # WebGL (Plotly's parallel coordinates) in software, without the deprecation notice on every page.
+        "--enable-unsafe-swiftshader",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={profile}",
+    ]
+
+
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     binary = chromium_path()
     if binary is None:
         raise FileNotFoundError("chromium is not installed (Debian: apt-get install -y chromium)")
     with tempfile.TemporaryDirectory(prefix="chromium_profile_") as profile:
-        cmd = [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            # WebGL (Plotly's parallel coordinates) in software, without the deprecation notice on every page.
-            "--enable-unsafe-swiftshader",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            f"--user-data-dir={profile}",
-            *args,
-        ]
+        cmd = [binary, *chromium_args(profile), *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,8 +13,9 @@ sweep_points.json as a launched sweep has. Each step runs as its own process, as
 
 - `status`: `python -m dpo_sweeps.status <sweep> --no-slurm` (the run folders only);
 - `report`: `python -m dpo_sweeps.report <sweep>` (summary.csv/md, every plot and summary.html);
-- `page`: summary.html opened in headless chromium: the milliseconds its script reports until the table and the
-  plots are drawn (`data-ready-ms` on <body>), where chromium is installed.
+- `page`: summary.html opened in headless chromium (where installed), driven in real time (report/cdp.py): when
+  the table with every point is painted and the page answers clicks (`usable`, the page's own clock), how long a
+  mouse click on a point then takes to show its answers, and when every plot is drawn (see `page_timings`).
 
 Prints a markdown table (seconds and seconds per point) with the machine and its load average, and writes it to
 `--out`.
@@ -151,20 +152,34 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return elapsed, _children_cpu_s() - cpu
 
 
-def page_ms(html: Path) -> float | None:
-    """Milliseconds summary.html's own script reports until it has drawn the table and plots, in headless chromium."""
-    from dpo_sweeps.report.browser import chromium_path, dump_dom
+def page_timings(html: Path) -> dict[str, float] | None:
+    """summary.html in headless chromium, in real time (seconds since navigation, from the page's own clock):
+    `usable`: the table with every point painted; `click`: from then, a mouse click on the last row's point until
+    its answers are shown (the plots are being drawn meanwhile: a click waits for the drawing step under way);
+    `ready`: every plot drawn and painted. None where chromium is not installed."""
+    from dpo_sweeps.report.browser import chromium_path
+    from dpo_sweeps.report.cdp import BrowserError, live_page
 
     if not chromium_path():
         return None
     try:
-        dom = dump_dom(html, timeout=PAGE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print(f"  (chromium did not finish {html} within {PAGE_TIMEOUT_S} s)", flush=True)
+        with live_page(html) as tab:
+            usable = float(tab.wait_for("document.body?.dataset.usableMs", timeout=PAGE_TIMEOUT_S)) / 1000
+            rows = tab.evaluate("document.querySelectorAll('#rows tr').length")
+            last = tab.evaluate("document.querySelector('#rows tr:last-child').dataset.point")
+            start = time.perf_counter()
+            tab.click('#rows tr:last-child a[href^="#point="]')
+            shown = f"document.getElementById('detail-name')?.textContent === {json.dumps(last)}"
+            tab.wait_for(shown, timeout=PAGE_TIMEOUT_S, every=0.01)
+            click = time.perf_counter() - start
+            ready = float(tab.wait_for("document.body?.dataset.readyMs", timeout=PAGE_TIMEOUT_S)) / 1000
+            errors = tab.evaluate("document.getElementById('errors').textContent")
+    except BrowserError as e:
+        print(f"  (chromium on {html}: {e})", flush=True)
         return None
-    marker = 'data-ready-ms="'
-    at = dom.find(marker)
-    return float(dom[at + len(marker) : dom.index('"', at + len(marker))]) if at >= 0 else None
+    if errors or rows != len(reading.all_point_dirs(html.parent)):
+        print(f"  ({html}: {rows} rows in the table; script errors: {errors.strip() or 'none'})", flush=True)
+    return {"usable": usable, "click": click, "ready": ready, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         report = timed([sys.executable, "-m", "dpo_sweeps.report", str(sweep)])
         print(f"{n} points: status {status[0]:.2f} s ({status[1]:.2f} CPU), report {report[0]:.2f} s "
               f"({report[1]:.2f} CPU)", flush=True)  # fmt: skip
-        ms = page_ms(sweep / "summary.html")
-        rows.append((n, status, report, ms, (sweep / "summary.html").stat().st_size / 1e6))
-        print(f"{n} points: page ready after {ms} ms", flush=True)
+        page = page_timings(sweep / "summary.html")
+        rows.append((n, status, report, page, (sweep / "summary.html").stat().st_size / 1e6))
+        print(f"{n} points: page {page}", flush=True)
         if not args.keep:
             shutil.rmtree(sweep)
     load_after = os.getloadavg()
@@ -197,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min). Source points: {len(sources)} completed "
         f"run folder(s) of {sources[0].parent}. Wall seconds (CPU seconds of the process in brackets).",
         "",
-        "| points | status (s) | status s/point | report (s) | report s/point | page ready (s) | page size (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| points | status (s) | status s/point | report (s) | report s/point | page usable (s) | click to answers (s) "
+        "| all plots drawn (s) | page size (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, (sw, sc), (rw, rc), ms, mb in rows:
-        page = "-" if ms is None else f"{ms / 1000:.2f}"
+    for n, (sw, sc), (rw, rc), page, mb in rows:
+        seen = ["-"] * 3 if page is None else [f"{page[k]:.2f}" for k in ("usable", "click", "ready")]
         lines.append(
-            f"| {n} | {sw:.2f} ({sc:.2f}) | {sw / n:.5f} | {rw:.2f} ({rc:.2f}) | {rw / n:.5f} | {page} | {mb:.1f} |"
+            f"| {n} | {sw:.2f} ({sc:.2f}) | {sw / n:.5f} | {rw:.2f} ({rc:.2f}) | {rw / n:.5f} | {' | '.join(seen)} "
+            f"| {mb:.1f} |"
         )
     table = "\n".join(lines)
     print(table)

@@ -1,4 +1,7 @@
 // summary.html's script (dpo_sweeps/report/page.py writes the data blob it reads). Plain DOM + Plotly, no build step.
+// The table and a point's answers come first and need no Plotly; Plotly's script (a non-executed <script
+// type="text/plain">, most of the page's bytes) is evaluated only after that first paint, then each plot is drawn in a
+// task of its own, so that the page is usable long before every plot is there (page.py says why).
 "use strict";
 const errorBox = document.getElementById("errors");
 window.addEventListener("error", (e) => { errorBox.textContent += "script error: " + e.message + "\n"; });
@@ -36,15 +39,34 @@ function cell(p, id) {
   return null;
 }
 
+// Every row is in the table, but the browser lays out only those on screen (content-visibility in page.css): laying
+// out 1,000 rows of a classic table took longer than the rest of the page. So the rows are grids of fixed columns,
+// each as wide as its widest text (measured on a canvas in the page's font, the few longest texts of the column;
+// capped: the cell's title holds a cut text in full), the same in every row.
+const shown = (p, id) => (id === "tick" ? "" : id.startsWith("value:") ? fmt(cell(p, id)) : String(cell(p, id) ?? "-"));
+const CAP = {name: 420, error: 480, files: 640};
+const family = getComputedStyle(document.body).fontFamily, pen = document.createElement("canvas").getContext("2d");
+const widest = (texts, font) => { pen.font = font; return Math.max(0, ...texts.map((t) => pen.measureText(t).width)); };
+document.getElementById("points").style.setProperty("--cols", cols.map(([id, label]) => {
+  let px = widest([label + " \u25B2"], "bold 14px " + family);
+  if (id === "tick") px = Math.max(px, 20);
+  else if (id === "files") {  // links in 12px, 4px apart; a few distinct names, each measured once
+    const each = new Map([...new Set(P.flatMap((p) => p.files))].map((f) => [f, widest([f], "12px " + family) + 4]));
+    px = Math.max(px, ...P.map((p) => p.files.reduce((w, f) => w + each.get(f), 0)));
+  }
+  else px = Math.max(px, widest(P.map((p) => shown(p, id)).sort((a, b) => b.length - a.length).slice(0, 5), "14px " + family));
+  return Math.ceil(Math.min(px, CAP[id] || 260) + 14) + "px";  // + the cell's padding
+}).join(" "));
+
 function rowHtml(p) {
   const tds = [`<td><input type="checkbox" data-tick="${esc(p.name)}"${ticked.has(p.name) ? " checked" : ""}></td>`,
     `<td class="num">${p.rank ?? "-"}</td>`,
-    `<td><a href="#point=${encodeURIComponent(p.name)}">${esc(p.name)}</a></td>`,
+    `<td title="${esc(p.name)}"><a href="#point=${encodeURIComponent(p.name)}">${esc(p.name)}</a></td>`,
     `<td class="state-${esc(p.state)}">${esc(p.state)}</td>`];
   D.swept.forEach((k) => tds.push(`<td>${esc(p.params[k] ?? "-")}</td>`));
   p.values.forEach((v) => tds.push(`<td class="num">${fmt(v)}</td>`));
   tds.push(`<td class="files">${p.files.map((f) => `<a href="${folder(p.name) + encodeURIComponent(f)}">${esc(f)}</a>`).join("")}</td>`);
-  tds.push(`<td>${esc(p.error)}</td>`);
+  tds.push(`<td title="${esc(p.error)}">${esc(p.error)}</td>`);
   return `<tr data-point="${esc(p.name)}"${p.name === current ? ' class="current"' : ""}>${tds.join("")}</tr>`;
 }
 
@@ -92,8 +114,26 @@ const hover = (p) => esc(p.name) + "<br>" + p.state + (p.rank ? " #" + p.rank : 
 const layout = (title, extra) => Object.assign({title: {text: title, font: {size: 14}}, margin: {l: 60, r: 20, t: 40, b: 50}, height: 360}, extra);
 const config = {displaylogo: false, responsive: true};
 
+// Plotly's script, evaluated once, on demand: inserting a <script> with its text runs it at once (no network).
+function loadPlotly() {
+  const src = document.getElementById("plotly-src");
+  if (window.Plotly || !src) return;
+  const script = document.createElement("script");
+  script.textContent = src.textContent;
+  document.head.appendChild(script);
+  src.remove();  // its 4.8 MB of text are not needed twice
+  if (!window.Plotly) throw new Error("Plotly's inlined script did not define Plotly");
+}
+
+// A plot's box says what it waits for until it is drawn; drawing clears that text first.
+function box(id) {
+  const el = document.getElementById(id);
+  if (el.dataset.waiting) { el.textContent = ""; delete el.dataset.waiting; }
+  return el;
+}
+
 function drawParcoords() {
-  const el = document.getElementById("parcoords");
+  const el = box("parcoords");
   const ranked = P.filter((p) => p.values[0] !== null);
   if (!D.swept.length || !ranked.length) { el.textContent = "parallel coordinates: no swept parameter with a finished point"; return; }
   const dims = D.swept.map((k) => {
@@ -107,34 +147,36 @@ function drawParcoords() {
   });
   const objective = ranked.map((p) => p.values[0]);
   dims.push({label: D.metric, values: objective});
-  Plotly.newPlot(el, [{type: "parcoords", dimensions: dims,
+  return Plotly.newPlot(el, [{type: "parcoords", dimensions: dims,
     line: {color: objective, colorscale: "Viridis", reversescale: D.mode === "min", showscale: true}}],
     layout("swept parameters to " + D.metric), config);
 }
 
 function drawFrontier() {
-  const el = document.getElementById("frontier");
+  const el = box("frontier");
   const xi = ["gen/kl_to_ref", "gen/logratio_to_ref"].map((k) => D.columns.indexOf(k)).find((i) => i >= 0 && P.some((p) => p.values[i] !== null));
   const yi = ["gen/score_after", "gen/win_rate_vs_ref"].map((k) => D.columns.indexOf(k)).find((i) => i >= 0);
   if (xi === undefined || yi === undefined) { el.textContent = "reward-KL frontier: no point ran the generation eval"; return; }
   const pts = P.filter((p) => p.values[xi] !== null && p.values[yi] !== null);
   const colourKey = D.swept[0];
   const colour = colourKey && D.numeric[colourKey] ? pts.map((p) => Number(p.params[colourKey])) : "#1f77b4";
-  Plotly.newPlot(el, [{type: pts.length > 2000 ? "scattergl" : "scatter", mode: "markers", x: pts.map((p) => p.values[xi]), y: pts.map((p) => p.values[yi]),
+  const drawn = Plotly.newPlot(el, [{type: pts.length > 2000 ? "scattergl" : "scatter", mode: "markers", x: pts.map((p) => p.values[xi]), y: pts.map((p) => p.values[yi]),
     text: pts.map(hover), hoverinfo: "text", customdata: pts.map((p) => p.name),
     marker: {size: pts.length > 300 ? 6 : 10, color: colour, colorscale: "Viridis", showscale: Array.isArray(colour), colorbar: {title: {text: colourKey || ""}}}}],
     layout("reward-KL frontier (click a point for its answers)", {xaxis: {title: {text: D.columns[xi]}}, yaxis: {title: {text: D.columns[yi]}}, hovermode: "closest"}), config);
   el.on("plotly_click", (ev) => { location.hash = "point=" + encodeURIComponent(ev.points[0].customdata); });
+  return drawn;
 }
 
 const curveKey = document.getElementById("curve-key");
 curveKey.innerHTML = D.curve_keys.map(([k, t]) => `<option value="${esc(k)}">${esc(t)}</option>`).join("");
 curveKey.addEventListener("change", drawCurves);
 function drawCurves() {
+  if (!window.Plotly) return;  // the plots' turn comes after the table's; the curves are drawn then
   const key = curveKey.value;
   const traces = [...ticked].map((n) => P[byName.get(n)]).filter((p) => p && p.curves[key])
     .map((p) => ({type: "scatter", mode: "lines+markers", name: (p.rank ? "#" + p.rank + " " : "") + p.name, x: p.curves[key][0], y: p.curves[key][1]}));
-  Plotly.react(document.getElementById("curves"), traces, layout(ticked.size ? "" : "tick points in the table to draw their curves",
+  return Plotly.react(box("curves"), traces, layout(ticked.size ? "" : "tick points in the table to draw their curves",
     {xaxis: {title: {text: "step"}}, yaxis: {title: {text: key}}, showlegend: true, legend: {orientation: "h", y: -0.25}}), config);
 }
 
@@ -168,12 +210,42 @@ function showPoint() {
 }
 window.addEventListener("hashchange", showPoint);
 
-// When each part was drawn (ms since navigation): what `make bench-report` reads as the page's cost.
+// When each part was drawn (ms since navigation): what `make bench-report` reads as the page's cost. `data-usable-ms`:
+// the table with every point and the answers of the point named in the URL are built and painted, and the page answers
+// clicks; `data-ready-ms`: every plot is drawn and painted too.
 const marks = {script: performance.now()};
+const stamp = () => { document.body.dataset.timings = JSON.stringify(Object.fromEntries(Object.entries(marks).map(([k, v]) => [k, Math.round(v)]))); };
 renderTable(); marks.table = performance.now();
-drawParcoords(); marks.parcoords = performance.now();
-drawFrontier(); marks.frontier = performance.now();
-drawCurves(); marks.curves = performance.now();
-showPoint();
-document.body.dataset.timings = JSON.stringify(Object.fromEntries(Object.entries(marks).map(([k, v]) => [k, Math.round(v)])));
-document.body.dataset.readyMs = performance.now().toFixed(0);
+showPoint(); marks.point = performance.now();
+stamp();
+
+// Resolves once the browser has painted what is on the page now: a frame, then a task (a hidden page, e.g. a background
+// tab, gets no frames: there, a task).
+const afterPaint = () => new Promise((resolve) => {
+  if (document.visibilityState === "hidden") setTimeout(resolve, 0);
+  else requestAnimationFrame(() => setTimeout(resolve, 0));
+});
+
+const steps = [["plotly", loadPlotly], ["parcoords", drawParcoords], ["frontier", drawFrontier], ["curves", drawCurves]];
+async function drawPlots() {
+  await afterPaint();
+  marks.usable = performance.now();
+  stamp();
+  document.body.dataset.usableMs = marks.usable.toFixed(0);
+  for (const [name, draw] of steps) {
+    await new Promise((resolve) => setTimeout(resolve, 0));  // a task of its own: clicks in between are answered
+    try {
+      await draw();  // Plotly.newPlot/react resolve once the plot is built
+    } catch (e) {  // one plot that fails says so and leaves the others to be drawn
+      errorBox.textContent += name + ": " + e + "\n";
+      console.error(e);
+    }
+    marks[name] = performance.now();
+    stamp();
+  }
+  await afterPaint();
+  marks.ready = performance.now();
+  stamp();
+  document.body.dataset.readyMs = marks.ready.toFixed(0);
+}
+drawPlots();

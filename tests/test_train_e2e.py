@@ -6,14 +6,17 @@ assert that DPO moved the weights and the rewards in the right direction, not me
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dpo_sweeps.report.model_card import parse_front_matter
+from dpo_sweeps.report.page import PROMPTS_PER_POINT
 from dpo_sweeps.runs import folder as run_folder
 from tests.helpers import TINY, compose_config, read_json, run_cli, run_dirs
+from tests.test_summary_page import check_live_page
 
 ARCH_MODELS = {"llama": "tiny_llama", "qwen2": "tiny_qwen", "gemma": "tiny_gemma"}
 MODES = {
@@ -146,6 +149,16 @@ def test_demo_preset_shows_dpo_working(tmp_path):
         assert metrics["eval_rewards/accuracies"] > 0.6, (point.name, metrics["eval_rewards/accuracies"])
     assert "reward acc" in proc.stdout and "beta=0.5" in proc.stdout
     assert (tmp_path / "demo" / "summary.md").exists()
+    # Its summary.html in a real browser (issue 25), on this sweep rather than another one trained for it.
+    chosen = points[0]
+    samples = [json.loads(line) for line in (chosen / run_folder.SAMPLES_FILE).read_text().splitlines()]
+    page, png = tmp_path / "demo" / "summary.html", tmp_path / "demo.png"
+    seen = check_live_page(page, [p.name for p in points], chosen.name, png)
+    # prompt, reference answer, its score, trained answer, its score: each held-out prompt side by side
+    assert [[row[0], row[1], row[3]] for row in seen["answers"]] == [
+        [s["prompt"], s["reference"], s["policy"]] for s in samples[:PROMPTS_PER_POINT]
+    ]
+    assert seen["plotly"] == ["parcoords", "frontier", "curves"]
 
 
 def test_sweep_with_default_folders_names_them_by_overrides_and_reports_success(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps.train import checkpoints
+from dpo_sweeps.runs import disk
 from tests import faults
 from tests.helpers import TINY, read_json, start_sweep, trained_steps, wait_for_point
 from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
@@ -30,7 +30,11 @@ POINT = [
 
 
 def _complete(run_dir: Path) -> list[str]:
-    return [p.name for p in checkpoints.complete_checkpoints(run_dir / "checkpoints")]
+    # Read with runs/disk's names, not train/checkpoints: that imports transformers into every xdist worker at
+    # collection (~8 s of CPU each).
+    root = run_dir / disk.CHECKPOINT_DIR
+    done = [p for p in root.glob(f"{disk.CHECKPOINT_PREFIX}*") if (p / disk.COMPLETE_MARKER).exists()]
+    return [p.name for p in sorted(done, key=lambda p: int(p.name.removeprefix(disk.CHECKPOINT_PREFIX)))]
 
 
 def _has_complete_checkpoint(run_dir: Path) -> bool:
@@ -76,7 +80,7 @@ def test_a_full_disk_while_checkpointing_fails_the_point_saying_so_and_a_rerun_r
         assert "no space left" in summary.lower(), summary
         assert _complete(run_dir) == ["checkpoint-10"], "the partial checkpoint must never count as complete"
         partial = run_dir / "checkpoints" / "checkpoint-20"
-        assert not (partial / checkpoints.COMPLETE_MARKER).exists()
+        assert not (partial / disk.COMPLETE_MARKER).exists()
 
         filler.unlink()  # space again: the same command resumes from the last complete checkpoint
         started = time.monotonic()

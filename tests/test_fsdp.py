@@ -53,12 +53,12 @@ def _env(tmp_path: Path, name: str) -> dict[str, str]:
     return {**FORCE_FSDP, RULES_LOG: str(tmp_path / f"{name}_gpu_rules.jsonl")}
 
 
-def _sweep(tmp_path: Path, name: str, overrides: list[str], fsdp: bool) -> Path:
+def _sweep(tmp_path: Path, name: str, overrides: list[str], fsdp: bool, timeout: float = 600) -> Path:
     sweep = tmp_path / name
     run_cli(
         ["-m", *TWO_RANKS, *overrides, *(FSDP if fsdp else []), f"hydra.sweep.dir={sweep}"],
         env=_env(tmp_path, name),
-        timeout=600,
+        timeout=timeout,
     )
     (run_dir,) = [p.parent for p in sweep.glob("*/status.json")]
     return run_dir
@@ -195,3 +195,62 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
     assert metrics["gen/kl_to_ref"] == pytest.approx(ref["gen/kl_to_ref"], abs=1e-3)
     # The answers before training were kept across the requeue (gen_before.json), not generated again.
     _assert_generation_on_the_prepared_model(tmp_path, "fsdp", run_dir, metrics)
+
+
+# On TWO_RANKS: SmolLM2-135M (the `real` extra's model, fp32, 538 MB on disk), big enough that a load shows in RSS.
+SMOLLM2 = [
+    "model=smollm2_135m",
+    "training.max_steps=3",
+    "dataset.max_train_samples=48",
+    "dataset.eval_max_rows=16",
+    "training.learning_rate=1e-5",
+    "training.per_device_train_batch_size=2",
+    "training.per_device_eval_batch_size=4",
+    "training.eval_before_training=false",
+    "training.save_model=false",
+    "training.sample_completions=2",
+    "training.max_new_tokens=8",
+    "eval.gen_prompts=2",
+]
+
+
+def _loads(tmp_path: Path, name: str) -> dict[int, dict]:
+    calls = [json.loads(line) for line in (tmp_path / f"{name}_gpu_rules.jsonl").read_text().splitlines()]
+    loads = {c["rank"]: c for c in calls if c["call"] == "load"}
+    assert sorted(loads) == [0, 1] and len([c for c in calls if c["call"] == "load"]) == 2, calls
+    return loads
+
+
+def test_fsdp2_rank_zero_alone_reads_the_weights_and_broadcasts_them(slurm_cluster, tmp_path):  # noqa: F811
+    """training.fsdp.cpu_ram_efficient_loading=true: rank 1 builds SmolLM2 on the meta device and grows by less than
+    a tenth of what rank 0 grows reading the checkpoint; accelerate's prepare broadcasts rank 0's weights, so training
+    gives the losses of a run where every rank read them."""
+    timeout = QUEUE_WAIT_S + 900  # a 135M model on two CPU ranks of a loaded machine
+    alone = _sweep(tmp_path, "alone", [*SMOLLM2, f"ref_cache.dir={tmp_path / 'cache_alone'}"], True, timeout)
+    every = _sweep(
+        tmp_path,
+        "every",
+        [*SMOLLM2, "training.fsdp.cpu_ram_efficient_loading=false", f"ref_cache.dir={tmp_path / 'cache_every'}"],
+        True,
+        timeout,
+    )
+    got, ref = read_json(alone / "metrics.json"), read_json(every / "metrics.json")
+    _assert_sharded(got)
+    _assert_sharded(ref)
+
+    loads, every_loads = _loads(tmp_path, "alone"), _loads(tmp_path, "every")
+    assert loads[0]["meta_params"] == 0 and loads[0]["real_params"] > 0, loads
+    assert loads[1]["real_params"] == 0 and loads[1]["meta_params"] == loads[0]["real_params"], loads
+    assert loads[1]["rss_growth_mb"] < loads[0]["rss_growth_mb"] / 10, loads
+    # Without the setting both ranks read the checkpoint and grow alike: the measure does see a whole load.
+    assert all(c["meta_params"] == 0 for c in every_loads.values()), every_loads
+    assert every_loads[1]["rss_growth_mb"] > loads[0]["rss_growth_mb"] / 2, (every_loads, loads)
+
+    # Rank 1 trained and evaluated with rank 0's weights, not with uninitialised memory.
+    _assert_same_losses(_losses(alone), _losses(every), 3)
+    assert got["eval_loss"] == pytest.approx(ref["eval_loss"], abs=1e-5)
+    for key in ("gen/score_before", "gen/mean_tokens_before", "gen/mean_tokens"):
+        assert got[key] == ref[key], key
+    # The cache fill ran on the prepared policy after the broadcast (the harness checks every forward).
+    assert got["ref_cache"] == "computed"
+    _assert_fill_on_the_prepared_model(tmp_path, "alone", got)

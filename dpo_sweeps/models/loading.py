@@ -6,7 +6,9 @@ frozen copy loaded the same way as the policy. Imported only inside the job (tor
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ class LoadedModels:
     reference: Any | None  # None with LoRA: the adapter is disabled to get the reference
     tokenizer: Any
     dtype: torch.dtype
+    # The policy's parameters are on the meta device here: rank 0 alone read the weights (`rank_zero_loads`).
+    empty_on_this_rank: bool = False
 
 
 def uses_gpu(cfg: DictConfig) -> bool:
@@ -133,6 +137,51 @@ def _load_causal_lm(cfg: DictConfig, dtype: torch.dtype, quantization_config):
     return AutoModelForCausalLM.from_pretrained(model_path(cfg), **kwargs)
 
 
+def accelerate_shards(cfg: DictConfig) -> bool:
+    """Whether accelerate will shard this run with FSDP: it turns FSDP on only for GPU backends and several ranks
+    (STACK_NOTES "FSDP on CPU"); tests/force_fsdp forces this answer together with accelerate's."""
+    return bool(cfg.training.fsdp.enabled) and uses_gpu(cfg) and int(os.environ.get("WORLD_SIZE") or 1) > 1
+
+
+def rank_zero_loads(cfg: DictConfig) -> bool:
+    """Whether this rank builds the policy without reading its weights (training.fsdp.cpu_ram_efficient_loading):
+    transformers 5.25 reads the whole checkpoint on every rank, whatever ACCELERATE_USE_FSDP and
+    FSDP_CPU_RAM_EFFICIENT_LOADING say, while accelerate 1.15's FSDP2 prepare (fsdp2_prepare_model) moves ranks > 0 to
+    meta and broadcasts rank 0's state dict into the shards (fsdp2_load_full_state_dict): ranks > 0 need only the
+    shapes. FSDP2 only: FSDP1's path (sync_module_states) is untested here."""
+    fsdp = cfg.training.fsdp
+    return (
+        bool(fsdp.cpu_ram_efficient_loading)
+        and fsdp.version == 2
+        and accelerate_shards(cfg)
+        and int(os.environ.get("RANK") or 0) > 0
+    )
+
+
+def _empty_causal_lm(cfg: DictConfig, dtype: torch.dtype):
+    """The policy's modules with every parameter on the meta device, as `_load_causal_lm` would build them."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    m, path = cfg.model, model_path(cfg)
+    config = AutoConfig.from_pretrained(path, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    # Buffers stay real: accelerate re-registers the non-persistent ones (rotary inv_freq), which are not in rank 0's
+    # state dict, from each rank's own model after the broadcast.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    # Under init_empty_weights transformers 5.25 leaves tied weights untied (SmolLM2: a separate meta lm_head), and
+    # accelerate's FSDP2 prepare then finds no lm_head.weight to map.
+    model.tie_weights()
+    # As from_pretrained does: the generation eval reads it, and every rank must sample alike. Without a
+    # generation_config.json both keep the one derived from config.json.
+    with contextlib.suppress(OSError):
+        model.generation_config = GenerationConfig.from_pretrained(path, revision=m.revision)
+    return model.eval()
+
+
 def _keep_4bit_training_layout_on_cpu(model) -> None:
     """bitsandbytes 0.50 repacks 4-bit weights for AVX512-BF16 CPUs at the first no-grad forward (our evaluation
     before training) and never unpacks them: backward through the packed path then fails on layers with a bias
@@ -164,7 +213,8 @@ def load_models(cfg: DictConfig, load_reference: bool = True) -> LoadedModels:
     dtype = resolve_dtype(cfg.model.dtype, cfg)
     tokenizer = load_tokenizer(cfg)
     quantized = cfg.quantization.mode != "none" or cfg.model.prequantized
-    policy = _load_causal_lm(cfg, dtype, _quantization_config(cfg, dtype))
+    empty = rank_zero_loads(cfg)
+    policy = _empty_causal_lm(cfg, dtype) if empty else _load_causal_lm(cfg, dtype, _quantization_config(cfg, dtype))
     policy.config.pad_token_id = tokenizer.pad_token_id
     reference = None
     if quantized and not uses_gpu(cfg):
@@ -182,7 +232,7 @@ def load_models(cfg: DictConfig, load_reference: bool = True) -> LoadedModels:
         reference = _load_causal_lm(cfg, dtype, None)
         reference.config.pad_token_id = tokenizer.pad_token_id
         reference.eval().requires_grad_(False)
-    return LoadedModels(policy=policy, reference=reference, tokenizer=tokenizer, dtype=dtype)
+    return LoadedModels(policy=policy, reference=reference, tokenizer=tokenizer, dtype=dtype, empty_on_this_rank=empty)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -235,6 +235,12 @@ def build_trainer(
         processing_class=models.tokenizer,
         callbacks=list(callbacks),
     )
+    if models.empty_on_this_rank and not trainer.is_fsdp_enabled:
+        raise RuntimeError(
+            "This rank built the policy without its weights for rank-0-only loading, but accelerate does not run FSDP "
+            f"here ({trainer.accelerator.state.distributed_type}), so nothing would broadcast them. "
+            "Fix: training.fsdp.cpu_ram_efficient_loading=false."
+        )
     return BuiltTrainer(trainer=trainer, models=models, data=data, ref_info=ref_info)
 
 

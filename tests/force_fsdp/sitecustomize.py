@@ -122,8 +122,43 @@ def _patch_dpo(dpo_module) -> None:
     trainer_cls.compute_ref_log_probs = checked_compute_ref_log_probs
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _patch_loading(loading) -> None:
+    """accelerate shards here (forced), so the product's rank-0-only loading applies as on GPUs; and each policy load
+    is measured: this rank's RSS growth once every loaded weight has been read (an fp32 safetensors file is
+    memory-mapped, so its pages count in RSS only when read, as the first forward would)."""
+    loading.accelerate_shards = lambda cfg: bool(cfg.training.fsdp.enabled) and int(os.environ["WORLD_SIZE"]) > 1
+
+    def measured(build):
+        def build_and_measure(*args, **kwargs):
+            import torch
+
+            before = _rss_mb()
+            model = build(*args, **kwargs)
+            with torch.no_grad():
+                real = [p for p in model.parameters() if p.device.type != "meta"]
+                for p in real:
+                    p.sum()
+            meta = sum(p.device.type == "meta" for p in model.parameters())
+            _record(call="load", rss_growth_mb=_rss_mb() - before, real_params=len(real), meta_params=meta)
+            return model
+
+        return build_and_measure
+
+    loading._load_causal_lm = measured(loading._load_causal_lm)
+    loading._empty_causal_lm = measured(loading._empty_causal_lm)
+
+
 # Patched as each is imported: module name -> patch.
-_PATCHES = {"transformers.trainer": _patch, "trl.trainer.dpo_trainer": _patch_dpo}
+_PATCHES = {
+    "transformers.trainer": _patch,
+    "trl.trainer.dpo_trainer": _patch_dpo,
+    "dpo_sweeps.models.loading": _patch_loading,
+}
 
 
 if os.environ.get(FLAG) == "1":

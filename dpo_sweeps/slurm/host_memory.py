@@ -3,11 +3,12 @@ holds on the host while it loads the model and while it writes a checkpoint. Imp
 
 What one rank holds on the host (P = parameters, w = bytes per weight in the load dtype, W = ranks):
 - always: the process itself (Python, torch, the CUDA and NCCL libraries, tokenizer, prepared data): PROCESS_GIB.
-- loading: transformers 5.25 reads the whole policy on every rank (it has no rank-0-only read; accelerate's
-  cpu_ram_efficient_loading moves the ranks > 0 to the meta device only when it prepares the model): P x w, and a
-  frozen reference copy the same. Counted per rank, an upper bound where the ranks of a node share the checkpoint's
-  file pages. FSDP with bf16/fp16 compute: accelerate upcasts the trainable weights to fp32 masters on the host before
-  sharding (P x 4): on rank 0 only with training.fsdp.cpu_ram_efficient_loading=true, on every rank without.
+- loading: the policy in its load dtype (P x w), and a frozen reference copy the same; under FSDP2 with
+  training.fsdp.cpu_ram_efficient_loading=true rank 0 alone reads the policy (models/loading.py builds it on the meta
+  device elsewhere and accelerate broadcasts rank 0's weights), the reference is still read on every rank. Counted per
+  rank, an upper bound where the ranks of a node share the checkpoint's file pages. FSDP with bf16/fp16 compute:
+  accelerate upcasts the trainable weights to fp32 masters on the host before sharding (P x 4): on rank 0 only with
+  cpu_ram_efficient_loading, on every rank without.
   bitsandbytes (4/8-bit) weights load straight onto the GPU: not counted.
 - checkpointing: FSDP with FULL_STATE_DICT gathers the fp32 model and AdamW's two fp32 states on rank 0's host to
   write them (12 bytes per parameter); SHARDED_STATE_DICT writes each rank's 1/W share. Without FSDP rank 0 copies the
@@ -87,7 +88,10 @@ def estimate_host(arch: Arch, run: RunSettings, ranks_per_node: int) -> HostEsti
     shard = run.fsdp and run.world_size > 1
     upcast = p * 4 if shard and run.precision != "fp32" and w < 4 else 0.0
     rank0_loading = (process, policy, reference, ("fp32 masters", upcast))
-    other_loading = (process, policy, reference, ("fp32 masters", 0.0 if cpu_ram_efficient else upcast))
+    # Rank-0-only loading: the other ranks read no policy and build no masters (rank 0's are broadcast into shards).
+    rank0_only = shard and cpu_ram_efficient
+    other_policy = ("policy", 0.0) if rank0_only else policy
+    other_loading = (process, other_policy, reference, ("fp32 masters", 0.0 if rank0_only else upcast))
     if shard:
         state = p * FULL_CHECKPOINT_BYTES if run.full else 0.0
         name = "fp32 model + AdamW states" if full_state else "its share of model + AdamW states"

@@ -243,7 +243,8 @@ def run_settings(cfg: DictConfig, world_size: int, arch: Arch | None = None) -> 
         world_size=world_size,
         fsdp=bool(t.fsdp.enabled),
         fsdp_reshard_after_forward=bool(t.fsdp.reshard_after_forward),
-        fsdp_cpu_ram_efficient_loading=bool(t.fsdp.cpu_ram_efficient_loading),
+        # Rank-0-only loading is FSDP2's (models/loading.rank_zero_loads).
+        fsdp_cpu_ram_efficient_loading=bool(t.fsdp.cpu_ram_efficient_loading) and t.fsdp.version == 2,
         fsdp_full_state_dict=t.fsdp.state_dict_type == "FULL_STATE_DICT",
         gradient_checkpointing=fsdp.activation_checkpointing(cfg),
         eager_attention=cfg.model.get("attn_implementation") == "eager",

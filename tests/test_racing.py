@@ -148,3 +148,32 @@ def test_clearly_worse_configuration_is_raced_out_the_close_one_kept_and_a_rerun
     run_cli([*args[:-3], "racing.enabled=false", f"hydra.sweep.dir={sweep}", "logger=none"])
     assert read_json(skipped / "status.json")["state"] == "completed"
     assert _by_config(sweep)[BAD]["raced_out"] == ""
+
+
+@pytest.mark.slow
+def test_racing_on_local_parallel_runs_each_wave_as_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            *FAST,
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.max_parallel=2",
+            f"training.learning_rate={GOOD},{BAD}",
+            "seed=1,2,3,4",
+            "racing.enabled=true",
+            "racing.min_seeds=3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        # Every point is a process of its own that imports the stack (~2 min a wave at load 20 on 2 cores).
+        timeout=1500,
+    )
+    out = proc.stdout + proc.stderr
+    assert "Racing: wave 4 of 4, 1 point(s)" in out and "raced out after wave 3" in out
+    pids = {
+        seed: {read_json(_point(sweep, lr, seed) / "status.json")["pid"] for lr in (GOOD, BAD)} for seed in (1, 2, 3)
+    }
+    assert all(len(p) == 2 for p in pids.values()), "each wave's two points ran in processes of their own"
+    assert read_json(_point(sweep, GOOD, 4) / "status.json")["state"] == "completed"
+    assert read_json(_point(sweep, BAD, 4) / "status.json")["state"] == "skipped_by_racing"
+    assert sorted(p.name for p in _point(sweep, BAD, 4).iterdir()) == ["status.json"]

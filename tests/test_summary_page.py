@@ -23,6 +23,8 @@ from dpo_sweeps.runs import folder as run_folder
 from tests.test_report import build_sweep as build_small_sweep
 from tests.test_report import final_metrics, make_point
 
+LIVE_WAIT_S = 400
+
 
 def need_chromium() -> None:
     if browser.chromium_path() is None:
@@ -44,11 +46,14 @@ def check_live_page(page, points: list[str], chosen: str, png) -> dict:
     (the others say in words why not: no swept parameter, no generation eval)}."""
     need_chromium()
     with live_page(page) as tab:
-        tab.wait_for("document.body?.dataset.usableMs")
+        # Generous waits: on a loaded 2-core machine the plots of 1,000 points took 110 s (load 24).
+        tab.wait_for("document.body?.dataset.usableMs", timeout=LIVE_WAIT_S)
         listed = tab.evaluate("[...document.querySelectorAll('#rows tr')].map((tr) => tr.dataset.point)")
         assert sorted(listed) == sorted(points)
         tab.click(f"#rows tr[data-point={json.dumps(chosen)}] a[href^='#point=']")
-        tab.wait_for(f"document.getElementById('detail-name')?.textContent === {json.dumps(chosen)}")
+        tab.wait_for(
+            f"document.getElementById('detail-name')?.textContent === {json.dumps(chosen)}", timeout=LIVE_WAIT_S
+        )
         detail = tab.evaluate("document.getElementById('detail').innerText")
         answers = tab.evaluate(
             "[...document.querySelectorAll('#answers tbody tr')].map((tr) => [...tr.cells].map((td) => td.textContent))"
@@ -56,7 +61,7 @@ def check_live_page(page, points: list[str], chosen: str, png) -> dict:
         assert (
             tab.evaluate(f"document.querySelector('#rows tr[data-point={json.dumps(chosen)}]').className") == "current"
         )
-        tab.wait_for("document.body.dataset.readyMs")
+        tab.wait_for("document.body.dataset.readyMs", timeout=LIVE_WAIT_S)
         drawn = tab.evaluate(
             "['parcoords', 'frontier', 'curves'].map((id) => [id, document.getElementById(id).className])"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -201,8 +202,9 @@ def test_fsdp2_preempted_run_with_a_sharded_reference_resumes_to_ddps_losses(
 SMOLLM2 = [
     "model=smollm2_135m",
     "training.max_steps=3",
-    "dataset.max_train_samples=48",
-    "dataset.eval_max_rows=16",
+    # Enough rows for 3 steps of 2 x 2 pairs: every row more is a batch more of the cache fill on both ranks.
+    "dataset.max_train_samples=16",
+    "dataset.eval_max_rows=8",
     "training.learning_rate=1e-5",
     "training.per_device_train_batch_size=2",
     "training.per_device_eval_batch_size=4",
@@ -226,14 +228,20 @@ def test_fsdp2_rank_zero_alone_reads_the_weights_and_broadcasts_them(slurm_clust
     a tenth of what rank 0 grows reading the checkpoint; accelerate's prepare broadcasts rank 0's weights, so training
     gives the losses of a run where every rank read them."""
     timeout = QUEUE_WAIT_S + 900  # a 135M model on two CPU ranks of a loaded machine
-    alone = _sweep(tmp_path, "alone", [*SMOLLM2, f"ref_cache.dir={tmp_path / 'cache_alone'}"], True, timeout)
-    every = _sweep(
-        tmp_path,
-        "every",
-        [*SMOLLM2, "training.fsdp.cpu_ram_efficient_loading=false", f"ref_cache.dir={tmp_path / 'cache_every'}"],
-        True,
-        timeout,
-    )
+    # The two runs are independent jobs of two tasks each: side by side they fit the cluster's four CPUs.
+    with ThreadPoolExecutor(2) as pool:
+        alone_run = pool.submit(
+            _sweep, tmp_path, "alone", [*SMOLLM2, f"ref_cache.dir={tmp_path / 'cache_alone'}"], True, timeout
+        )
+        every_run = pool.submit(
+            _sweep,
+            tmp_path,
+            "every",
+            [*SMOLLM2, "training.fsdp.cpu_ram_efficient_loading=false", f"ref_cache.dir={tmp_path / 'cache_every'}"],
+            True,
+            timeout,
+        )
+        alone, every = alone_run.result(), every_run.result()
     got, ref = read_json(alone / "metrics.json"), read_json(every / "metrics.json")
     _assert_sharded(got)
     _assert_sharded(ref)

@@ -152,11 +152,8 @@ class SequentialLauncher(BasicLauncher):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert self.config is not None
-        if racing.enabled(self.config):  # the seeds in waves, each launched as a sweep of its own (sweep/racing.py)
-            known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
-            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, self._launch_batch, known)
-        return self._launch_batch(job_overrides, initial_job_idx)
+        # With racing, the seeds in waves, each launched as a sweep of its own (sweep/racing.py).
+        return racing.launch(self, job_overrides, initial_job_idx, self._launch_batch)
 
     def _launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """As Hydra's, except that a point whose folder a live job of another invocation holds is waited for and
@@ -231,11 +228,8 @@ class ParallelLocalLauncher(LocalLauncher):
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert self.config is not None
-        if racing.enabled(self.config):  # the seeds in waves, each launched as a sweep of its own (sweep/racing.py)
-            known = {tuple(p["overrides"]): p for p in (self.handoff.points if self.handoff else [])}
-            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, self._launch_batch, known)
-        return self._launch_batch(job_overrides, initial_job_idx)
+        # With racing, the seeds in waves, each launched as a sweep of its own (sweep/racing.py).
+        return racing.launch(self, job_overrides, initial_job_idx, self._launch_batch)
 
     def _launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Completed points (the pre-launch check read their status.json) start no process: their result is known.

@@ -207,6 +207,22 @@ def _nan(overrides: list[str]) -> JobReturn:
     return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=math.nan)
 
 
+def launch(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    launch_batch: Callable[[list[list[str]], int], Sequence[JobReturn]],
+) -> Sequence[JobReturn]:
+    """A racing launcher's `launch`: the points in waves when racing is on, else all at once through `launch_batch`
+    (the launcher's own launch). The points the pre-launch check handed over (its `handoff`) say which seeds an
+    earlier run already decided."""
+    if launcher.config is None or not enabled(launcher.config):
+        return launch_batch(job_overrides, initial_job_idx)
+    checked = getattr(launcher, "handoff", None)
+    known = {tuple(p["overrides"]): p for p in (checked.points if checked else [])}
+    return launch_in_waves(launcher.config, job_overrides, initial_job_idx, launch_batch, known)
+
+
 def launch_in_waves(
     config: DictConfig,
     job_overrides: Sequence[Sequence[str]],

@@ -32,9 +32,5 @@ class SlurmLauncher(_Launcher):
     racing is hooked in here because it lives in the sweep stage, which the slurm stage may not import."""
 
     def launch(self, job_overrides, initial_job_idx):
-        if self.config is not None and racing.enabled(self.config):
-            # Each wave is one submission (one array) that is waited for before the next is decided.
-            checked = getattr(self, "handoff", None)
-            known = {tuple(p["overrides"]): p for p in (checked.points if checked else [])}
-            return racing.launch_in_waves(self.config, job_overrides, initial_job_idx, super().launch, known)
-        return super().launch(job_overrides, initial_job_idx)
+        # With racing, each wave is one submission (one array) that is waited for before the next is decided.
+        return racing.launch(self, job_overrides, initial_job_idx, super().launch)

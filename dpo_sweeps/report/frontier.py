@@ -108,9 +108,10 @@ def plot_frontier(
         entry["skipped"] = f"no point has {x_key} and a generation score (is a scorer configured? see gen/score_note)"
         return entry
     nothing = flat.scorer_reason(have)
-    if nothing and not limits:  # dots on one line would look like a result
+    if nothing and not limits and not pareto:  # dots on one line would look like a result
         return flat.skip(entry, nothing)
-    if nothing:  # a search under limits: the KL budget and the points over it still say something; the scores do not
+    if nothing:  # a search under limits (the budget, the points over it) or a Pareto search (which trials its own
+        # objectives ranked best) still says something; the scores do not, and the figure says so
         entry[flat.SCORES_SAY_NOTHING] = nothing
     with_seeds = seeds_swept(swept)
     few = len(have) <= FEW

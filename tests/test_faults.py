@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dpo_sweeps.runs import disk
+from dpo_sweeps.runs import disk as run_disk
 from tests import faults
-from tests.helpers import TINY, read_json, start_sweep, trained_steps, wait_for_point
+from tests.helpers import REPO, TINY, read_json, start_sweep, trained_steps, wait_for_point
+from tests.hydra_apps import pause
 from tests.slurm_support import QUEUE_WAIT_S, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.slurm_exclusive]
@@ -32,13 +33,20 @@ POINT = [
 def _complete(run_dir: Path) -> list[str]:
     # Read with runs/disk's names, not train/checkpoints: that imports transformers into every xdist worker at
     # collection (~8 s of CPU each).
-    root = run_dir / disk.CHECKPOINT_DIR
-    done = [p for p in root.glob(f"{disk.CHECKPOINT_PREFIX}*") if (p / disk.COMPLETE_MARKER).exists()]
-    return [p.name for p in sorted(done, key=lambda p: int(p.name.removeprefix(disk.CHECKPOINT_PREFIX)))]
+    root = run_dir / run_disk.CHECKPOINT_DIR
+    done = [p for p in root.glob(f"{run_disk.CHECKPOINT_PREFIX}*") if (p / run_disk.COMPLETE_MARKER).exists()]
+    return [p.name for p in sorted(done, key=lambda p: int(p.name.removeprefix(run_disk.CHECKPOINT_PREFIX)))]
 
 
-def _has_complete_checkpoint(run_dir: Path) -> bool:
-    return bool(_complete(run_dir))
+# The full-disk and controller tests hold their runs at a step (tests/hydra_apps/pause.py) until they have struck: on
+# a quiet machine the tiny model's steps take a fraction of a second, and a fault sent after polling for "past the
+# first checkpoint" would race the run. (The node-lost tests do not: held there, a killed job went unnoticed by
+# slurmctld for minutes on this machine; unheld, they passed the fresh-clone run.)
+PAUSE_ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+
+
+def _paused(run_dir: Path) -> bool:
+    return (run_dir / pause.PAUSED_FILE).exists()
 
 
 def _finish(proc, timeout: float = QUEUE_WAIT_S) -> str:
@@ -57,16 +65,18 @@ def test_a_full_disk_while_checkpointing_fails_the_point_saying_so_and_a_rerun_r
 ):
     with faults.small_tmpfs(slurm_cluster, tmp_path / "disk", "8m") as disk:
         sweep = disk / "sweep"
-        args = ["-m", *POINT, f"hydra.sweep.dir={sweep}"]
-        proc = start_sweep(args)
+        release = tmp_path / "release"  # outside the small disk: creating it needs no space there
+        args = ["-m", *POINT, *pause.overrides(10, release), f"hydra.sweep.dir={sweep}"]
+        proc = start_sweep(args, env=PAUSE_ENV)
         try:
             run_dir = wait_for_point(
-                proc, sweep, _has_complete_checkpoint, "no complete checkpoint before the disk filled", timeout=300
+                proc, sweep, _paused, "the run never reached step 10 before the disk filled", timeout=QUEUE_WAIT_S
             )
             # Room for the log lines of the next steps, not for the next checkpoint (the first one's size).
             first = run_dir / "checkpoints" / _complete(run_dir)[0]
             size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
             filler = faults.fill(disk, leave_bytes=size // 3)
+            release.touch()
             out = _finish(proc)
         finally:
             if proc.poll() is None:
@@ -80,11 +90,11 @@ def test_a_full_disk_while_checkpointing_fails_the_point_saying_so_and_a_rerun_r
         assert "no space left" in summary.lower(), summary
         assert _complete(run_dir) == ["checkpoint-10"], "the partial checkpoint must never count as complete"
         partial = run_dir / "checkpoints" / "checkpoint-20"
-        assert not (partial / disk.COMPLETE_MARKER).exists()
+        assert not (partial / run_disk.COMPLETE_MARKER).exists()
 
         filler.unlink()  # space again: the same command resumes from the last complete checkpoint
         started = time.monotonic()
-        proc = start_sweep(args)
+        proc = start_sweep(args, env=PAUSE_ENV)
         out = _finish(proc)
         assert proc.returncode == 0, out[-4000:]
         status = read_json(run_dir / "status.json")
@@ -111,16 +121,20 @@ def test_the_controller_stopped_for_a_minute_mid_sweep_no_point_is_marked_dead_a
     tiny_model_paths,
 ):
     sweep = tmp_path / "sweep"
-    # Two CPUs a point: one point per node runs, the third waits in the queue through the outage.
+    release = tmp_path / "release"
+    # Two CPUs a point: one point per node runs, the third waits in the queue through the outage. The two running
+    # points are held at step 20 until halfway through the outage, so that they end while the controller is down.
     proc = start_sweep(
         [
             "-m",
             *POINT,
+            *pause.overrides(20, release),
             "training.max_steps=40",
             "beta=0.1,0.2,0.3",
             "hydra.launcher.cpus_per_task=2",
             f"hydra.sweep.dir={sweep}",
-        ]
+        ],
+        env=PAUSE_ENV,
     )
     try:
         wait_for_point(proc, sweep, _running(sweep, 2), "two points never ran at once", timeout=QUEUE_WAIT_S)
@@ -129,6 +143,8 @@ def test_the_controller_stopped_for_a_minute_mid_sweep_no_point_is_marked_dead_a
             assert down.returncode != 0, f"squeue still answers with slurmctld stopped: {down.stdout}"
             deadline = time.monotonic() + OUTAGE_S
             while time.monotonic() < deadline:
+                if time.monotonic() > deadline - OUTAGE_S / 2:
+                    release.touch()
                 assert proc.poll() is None, "the sweep ended while the controller was down"
                 states = {p.parent.name: read_json(p)["state"] for p in sweep.glob("*/status.json")}
                 assert not {"failed", "cancelled"} & set(states.values()), states

@@ -16,16 +16,7 @@ from dpo_sweeps.config.validation import find_problems
 from dpo_sweeps.runs import folder as run_folder
 from dpo_sweeps.search import constraints, settings, study
 from dpo_sweeps.search.compat import TrialState
-
-FAST = [
-    "model=tiny_qwen",
-    "dataset=toy",
-    "training=smoke",
-    "logger=none",
-    "training.max_steps=10",
-    "training.save_model=false",
-    "training.sample_completions=0",
-]
+from tests.test_hparams_search import FAST  # the same few, short trials
 
 
 def _problems(*overrides: str) -> list[str]:
